@@ -1,0 +1,10 @@
+"""The model zoo: importing ``models`` registers every model with timm.
+
+``timm.create_model(name, ...)`` then builds any of them; ``models.load_weights`` loads release and
+project checkpoints (``model`` weights unless EMA is asked for).
+"""
+from .topdown import TD_MODES, TopDownMixin, TopDownOutput, TokenDecoder, feedback, prior_mask, reweight, \
+    variational_loss
+from .checkpoint import CheckpointError, adapt_state_dict, load_checkpoint_file, load_weights, select_state_dict
+from . import absvit
+from .absvit import AbSViT

@@ -1,0 +1,31 @@
+"""Shared test setup: the project root on sys.path, a fixed seed, one thread per xdist worker."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / 'shared'
+GOLDEN = SHARED / 'golden'
+
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    torch.set_num_threads(1)
+
+import models  # noqa: E402,F401  (registers the zoo with timm)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def golden(name: str):
+    """Load a reference file from ../shared/golden, or skip with the reason."""
+    path = GOLDEN / name
+    if not path.is_file():
+        pytest.skip(f'{path} is absent: the reference outputs of the original releases live in ../shared '
+                    '(developers and CI only)')
+    return torch.load(path, weights_only=False)
