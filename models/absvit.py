@@ -44,20 +44,20 @@ class TopDownAttention(Attention):
     def _qkv(self, x: torch.Tensor, td: Optional[torch.Tensor]):
         B, N, _ = x.shape
         w, b = self.qkv.weight, self.qkv.bias
-        if td is None or self.signal == 'mask':
-            qkv = self.qkv(x)
-        elif self.signal == 'value':
+        heads = lambda t, n: t.reshape(B, N, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if td is not None and self.signal == 'value':
+            # W_v x + b_v + W_v td + b_v, folded: one value projection of (x + td)
             d = self.attn_dim
-            qk = F.linear(x, w[:2 * d], None if b is None else b[:2 * d])
-            v = F.linear(x + td, w[2 * d:], None if b is None else 2 * b[2 * d:])
-            qkv = torch.cat([qk, v], dim=-1)
-        elif self.signal == 'qkv':
-            qkv = F.linear(x + td, w, None if b is None else 2 * b)
+            q, k = heads(F.linear(x, w[:2 * d], None if b is None else b[:2 * d]), 2).unbind(0)
+            v = heads(F.linear(x + td, w[2 * d:], None if b is None else 2 * b[2 * d:]), 1)[0]
+        elif td is not None and self.signal == 'qkv':
+            q, k, v = heads(F.linear(x + td, w, None if b is None else 2 * b), 3).unbind(0)
+        elif td is None or self.signal == 'mask':
+            q, k, v = heads(self.qkv(x), 3).unbind(0)
+            if td is not None:
+                v = v * td.reshape(B, 1, N, 1).to(v.dtype)
         else:
             raise ValueError(f'unknown top-down signal {self.signal!r}')
-        q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if td is not None and self.signal == 'mask':
-            v = v * td.reshape(B, 1, N, 1).to(v.dtype)
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(self, x: torch.Tensor, td: Optional[torch.Tensor] = None,
