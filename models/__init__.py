@@ -8,3 +8,4 @@ from .topdown import TD_MODES, TopDownMixin, TopDownOutput, TokenDecoder, feedba
 from .checkpoint import CheckpointError, adapt_state_dict, load_checkpoint_file, load_weights, select_state_dict
 from . import absvit
 from .absvit import AbSViT
+from .dat import AbSDAT, DAT  # registers dat_* and absdat_* with timm
