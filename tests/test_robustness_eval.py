@@ -1,0 +1,306 @@
+"""Robustness evaluation: CE/mCE, the IN-A/R class masks, folder layouts, the report, FGSM/PGD, and a fake
+ImageNet-C/A/R/Sketch run end to end through ``main.py --eval``."""
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import robustness
+from robustness import folders, metrics, report, runner, wnids
+from robustness.attacks import FGSM, PGD
+from robustness.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST_DIR = '/usr/share/datasets/fashion-mnist'
+FMNIST_MEAN, FMNIST_STD = (0.286,), (0.353,)
+
+
+def fmnist(split='t10k', n=256):
+    path = f'{FMNIST_DIR}/{split}-images-idx3-ubyte.gz'
+    if not os.path.isfile(path):
+        pytest.skip(f'{path} absent (apt-get install dataset-fashion-mnist)')
+    with gzip.open(path) as f:
+        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:n].copy()
+    with gzip.open(f'{FMNIST_DIR}/{split}-labels-idx1-ubyte.gz') as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8)[:n].copy()
+    return x, y
+
+
+# ------------------------------------------------------------------------------------------------ flags
+
+def test_flags_and_requested():
+    parser = robustness.add_args(argparse.ArgumentParser())
+    assert not robustness.requested(parser.parse_args([]))
+    args = parser.parse_args(['--inc-path', '/x', '--severity', '3', '--pgd_test'])
+    assert robustness.requested(args) and args.inc_path == '/x' and args.severity == '3' and args.pgd_test
+    assert robustness.requested(parser.parse_args(['--corruption', 'all']))
+    for bad in (['--corruption', 'fgo'], ['--severity', '7']):
+        with pytest.raises(Exception, match='unknown corruption|severity'):
+            runner.plan(parser.parse_args(bad), None)
+
+
+# ------------------------------------------------------------------------------------------------ mCE
+
+def test_alexnet_accuracies_give_ce_and_mce_100():
+    acc = {c: {s: 100 * (1 - metrics.ALEXNET_ERR[c]) for s in range(1, 6)} for c in CORRUPTIONS}
+    acc.update({c: {s: 100 * (1 - e) for s in range(1, 6)} for c, e in metrics.ALEXNET_ERR_EXTRA.items()})
+    out = metrics.summarise(acc)
+    assert out['mce'] == pytest.approx(100.0) and out['mce_complete'] and out['mce_corruptions'] == 15
+    assert all(out['per_corruption'][c]['ce'] == pytest.approx(100.0) for c in CORRUPTIONS + EXTRA_CORRUPTIONS)
+    assert out['extra_mce'] == pytest.approx(100.0)
+
+
+def test_ce_arithmetic_by_hand():
+    # errors 0.2, 0.4, 0.6, 0.8, 1.0 -> mean 0.6; CE = 0.6 / 0.886428
+    g = {s: 100 * (1 - e) for s, e in zip(range(1, 6), (0.2, 0.4, 0.6, 0.8, 1.0))}
+    assert metrics.corruption_error(g, 'gaussian_noise') == pytest.approx(100 * 0.6 / 0.886428)
+    b = {s: 50.0 for s in range(1, 6)}                                  # error 0.5 everywhere
+    out = metrics.summarise({'gaussian_noise': g, 'brightness': b, 'saturate': b})
+    assert out['mce'] == pytest.approx((100 * 0.6 / 0.886428 + 100 * 0.5 / 0.564592) / 2)
+    assert not out['mce_complete'] and out['mce_corruptions'] == 2      # partial, and flagged
+    assert out['extra_mce'] == pytest.approx(100 * 0.5 / 0.658248)      # extras never enter the mCE
+    assert metrics.corruption_error({1: 50.0, 2: 50.0}, 'fog') is None  # CE needs all 5 severities
+    with pytest.raises(ValueError):
+        metrics.corruption_error({s: 0.5 for s in range(1, 6)} | {3: 150.0}, 'fog')
+
+
+# ------------------------------------------------------------------------------------------------ masks
+
+def test_wnid_lists_and_masks():
+    inet = wnids.wnids('imagenet')
+    assert len(inet) == 1000 == len(set(inet)) and list(inet) == sorted(inet)
+    assert inet[0] == 'n01440764' and inet[1] == 'n01443537' and inet[999] == 'n15075141'
+    a, r = wnids.wnids('imagenet_a'), wnids.wnids('imagenet_r')
+    assert len(a) == len(set(a)) == 200 and len(r) == len(set(r)) == 200
+    mask_a, mask_r = wnids.class_mask(a, inet), wnids.class_mask(r, inet)
+    assert mask_a.dtype == torch.long and mask_a.shape == (200,) and mask_r.shape == (200,)
+    # the release's own index lists (hendrycks/natural-adv-examples, hendrycks/imagenet-r)
+    assert mask_a[:10].tolist() == [6, 11, 13, 15, 17, 22, 23, 27, 30, 37] and mask_a[-1] == 988
+    assert mask_r[:10].tolist() == [1, 2, 4, 6, 8, 9, 11, 13, 22, 23] and mask_r[-3:].tolist() == [981, 983, 988]
+    assert a[0] == 'n01498041' and r[0] == 'n01443537' and 'n04552348' in r   # stingray, goldfish, warplane
+    with pytest.raises(ValueError, match='not among'):
+        wnids.class_mask(['n00000000'], inet)
+
+
+# ------------------------------------------------------------------------------------------------ layouts
+
+def _img(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+
+
+def test_imagenet_c_layout_errors(tmp_path):
+    for s in range(1, 6):
+        _img(tmp_path / 'inc' / 'fog' / str(s) / 'n01440764' / 'a.png')
+    plan = folders.imagenet_c_plan(str(tmp_path / 'inc'), None, (1, 2, 3, 4, 5))
+    assert list(plan) == ['fog'] and sorted(plan['fog']) == [1, 2, 3, 4, 5]
+    cases = [
+        (tmp_path / 'missing', None, 'no such folder'),
+        (tmp_path / 'inc' / 'fog', None, 'single corruption'),            # one level too deep
+        (tmp_path / 'inc' / 'fog' / '1', None, 'single severity folder'),
+        (tmp_path / 'inc', ('snow',), 'snow not found'),
+    ]
+    for root, names, msg in cases:
+        with pytest.raises(folders.LayoutError, match=msg) as err:
+            folders.imagenet_c_plan(str(root), names, (1, 2, 3, 4, 5))
+        assert 'Expected layout: DIR/<corruption>/<severity 1..5>/<wnid>/<image>' in str(err.value)
+    (tmp_path / 'inc' / 'fog' / '5' / 'n01440764' / 'a.png').unlink()
+    (tmp_path / 'inc' / 'fog' / '5' / 'n01440764').rmdir()
+    _img(tmp_path / 'inc' / 'fog' / '5' / 'cat' / 'a.png')
+    with pytest.raises(folders.LayoutError, match='not ImageNet wnids'):
+        folders.imagenet_c_plan(str(tmp_path / 'inc'), None, (5,))
+    with pytest.raises(folders.LayoutError, match='severity folder .*4 not found'):
+        (tmp_path / 'inc' / 'fog' / '4' / 'n01440764' / 'a.png').unlink()
+        (tmp_path / 'inc' / 'fog' / '4' / 'n01440764').rmdir()
+        (tmp_path / 'inc' / 'fog' / '4').rmdir()
+        folders.imagenet_c_plan(str(tmp_path / 'inc'), None, (4,))
+    _img(tmp_path / 'grouped' / 'noise' / 'gaussian_noise' / '1' / 'n01440764' / 'a.png')
+    with pytest.raises(folders.LayoutError, match='group folders'):
+        folders.imagenet_c_plan(str(tmp_path / 'grouped'), None, (1,))
+
+
+def test_class_folder_layout_errors(tmp_path):
+    _img(tmp_path / 'ina' / 'imagenet-a' / 'n01498041' / 'a.png')
+    with pytest.raises(folders.LayoutError, match='one level down'):
+        folders.class_folder_root(str(tmp_path / 'ina'), '--ina_path')
+    assert folders.class_folder_root(str(tmp_path / 'ina' / 'imagenet-a'), '--ina_path') == ['n01498041']
+    with pytest.raises(folders.LayoutError, match=r'--inr_path .*no such folder. Expected layout: DIR/<wnid>/<image>'):
+        folders.class_folder_root(str(tmp_path / 'nope'), '--inr_path')
+
+
+def test_model_classes_must_match_the_wnid_list(tmp_path):
+    args = argparse.Namespace(inc_path=None, ina_path=str(tmp_path), inr_path=None, insk_path=None, corruption=None,
+                              severity='all', robust_wnids=None, fgsm_test=False, pgd_test=False)
+    model = timm.create_model('vit_micro_patch4_28_gap')
+    with pytest.raises(folders.LayoutError, match='model has 10 outputs but the ImageNet-1k list has 1000'):
+        runner.plan(args, model)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def test_report_files(tmp_path):
+    acc = {c: {str(s): 80.0 - 10 * s for s in range(1, 6)} for c in ('fog', 'snow', 'saturate')}
+    rep = {'meta': {'model': 'm'}, 'clean': {'source': 'val', 'acc1': 90.0},
+           'corruptions': {'source': 'x', 'accuracy': acc, 'summary': metrics.summarise(runner._int_keys(acc))},
+           'imagenet_a': {'source': 'a', 'classes': 200, 'acc1': 12.5},
+           'pgd': {'attack': 'PGD(eps=1/255)', 'acc1': 3.0}, 'timings': {'total': 1.0}}
+    paths = report.write(rep, str(tmp_path))
+    assert json.loads(Path(paths['json']).read_text())['imagenet_a']['acc1'] == 12.5
+    md = Path(paths['md']).read_text()
+    assert 'mCE ↓ (partial: 2/15 corruptions)' in md and '| ImageNet-A (200 classes) | top-1 | 12.50 |' in md
+    assert 'Extra corruptions' in md and '| saturate |' in md
+    with Image.open(paths['png']) as im:
+        assert im.size[0] > 300
+
+
+# ------------------------------------------------------------------------------------------------ attacks
+
+@pytest.fixture(scope='module')
+def trained_vit():
+    """vit_micro trained for 40 steps on Fashion-MNIST (a few seconds), with 64 held-out test images."""
+    torch.manual_seed(0)
+    x, y = fmnist('train', 2048)
+    xt, yt = fmnist('t10k', 64)
+    norm = lambda a: (torch.tensor(a).float()[:, None] / 255 - FMNIST_MEAN[0]) / FMNIST_STD[0]
+    model = timm.create_model('vit_micro_patch4_28_gap')
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    xs, ys = norm(x), torch.tensor(y).long()
+    for _ in range(40):
+        idx = torch.randint(0, len(xs), (32,))
+        loss = F.cross_entropy(model(xs[idx]), ys[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    return model, norm(xt), torch.tensor(yt).long()
+
+
+def _pixels(x):
+    return x * FMNIST_STD[0] + FMNIST_MEAN[0]
+
+
+def _loss(model, x, y):
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y).item()
+
+
+@pytest.mark.parametrize('amp', [None, torch.bfloat16])
+def test_attacks_stay_in_eps_ball_and_raise_loss(trained_vit, amp):
+    model, x, y = trained_vit
+    if amp is not None:    # bf16 autocast is slow on CPU: fewer images
+        x, y = x[:32], y[:32]
+    clean_loss = _loss(model, x, y)
+    assert clean_loss < 2.0, 'the tiny model did not learn'
+    g = torch.Generator().manual_seed(0)      # random signs of the same size: the baseline to beat
+    noise = (_pixels(x) + (torch.randint(0, 2, x.shape, generator=g) * 2 - 1) / 255).clamp(0, 1)
+    noise_loss = _loss(model, (noise - FMNIST_MEAN[0]) / FMNIST_STD[0], y)
+    for atk in (FGSM(FMNIST_MEAN, FMNIST_STD, amp_dtype=amp), PGD(FMNIST_MEAN, FMNIST_STD, amp_dtype=amp)):
+        adv = atk(model, x, y)
+        delta = _pixels(adv) - _pixels(x).clamp(0, 1)
+        assert delta.abs().max() <= 1 / 255 + 1e-6, atk
+        assert delta.abs().max() > 0.9 / 255, atk                       # it does use its budget
+        assert _pixels(adv).min() >= -1e-6 and _pixels(adv).max() <= 1 + 1e-6
+        adv_loss = _loss(model, adv, y)
+        assert adv_loss > clean_loss and adv_loss - clean_loss > 3 * abs(noise_loss - clean_loss), \
+            (atk, clean_loss, noise_loss, adv_loss)
+        assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_pgd_is_reproducible_and_stronger_than_fgsm(trained_vit):
+    model, x, y = trained_vit
+    x, y = x[:16], y[:16]
+    a = PGD(FMNIST_MEAN, FMNIST_STD, seed=1)(model, x, y)
+    torch.testing.assert_close(a, PGD(FMNIST_MEAN, FMNIST_STD, seed=1)(model, x, y))
+    assert not torch.equal(a, PGD(FMNIST_MEAN, FMNIST_STD, seed=2)(model, x, y))
+    fgsm = FGSM(FMNIST_MEAN, FMNIST_STD)(model, x, y)
+    assert _loss(model, a, y) >= _loss(model, fgsm, y) * 0.98
+
+
+def test_attack_through_absvit_top_down():
+    torch.manual_seed(0)
+    model = timm.create_model('absvit_micro_patch4_28_gap').eval()
+    x, y = fmnist('t10k', 16)
+    x = (torch.tensor(x).float()[:, None] / 255 - FMNIST_MEAN[0]) / FMNIST_STD[0]
+    y = torch.tensor(y).long()
+    adv = PGD(FMNIST_MEAN, FMNIST_STD)(model, x, y)
+    assert (_pixels(adv) - _pixels(x)).abs().max() <= 1 / 255 + 1e-6
+    assert _loss(model, adv, y) > _loss(model, x, y)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+def _fake_benchmarks(root: Path):
+    """A 10-class model's wnid file and fake ImageNet-C/A/R/Sketch trees made from Fashion-MNIST test images:
+    class k is wnid k of the file; 7 of the wnids are ImageNet-A classes and 7 ImageNet-R classes."""
+    a, r = set(wnids.wnids('imagenet_a')), set(wnids.wnids('imagenet_r'))
+    classes = sorted(a & r)[:4] + sorted(a - r)[:3] + sorted(r - a)[:3]
+    (root / 'wnids.txt').write_text('\n'.join(classes) + '\n')
+    x, y = fmnist('t10k', 200)
+    per_class = {k: [i for i in range(len(y)) if y[i] == k][:3] for k in range(10)}
+    for k, idx in per_class.items():
+        for i in idx:
+            for tree, keep in (('src', True), ('ina', classes[k] in a), ('inr', classes[k] in r), ('insk', True)):
+                if keep:
+                    _img_from(root / tree / classes[k] / f'{i}.png', x[i])
+    from robustness.make_corrupted import main
+    assert main([str(root / 'src'), str(root / 'inc'), '--corruption', 'gaussian_noise,contrast,speckle_noise',
+                 '--quiet']) == 0
+    return classes
+
+
+def _img_from(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+@pytest.mark.slow
+def test_fake_benchmarks_end_to_end_through_main(tmp_path):
+    _fake_benchmarks(tmp_path)
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
+    common = [sys.executable, str(ROOT / 'main.py'), '--model', 'vit_micro_patch4_28_gap', '--no-progress',
+              '--num-threads', '1']
+    train = subprocess.run(common + ['--epochs', '1', '--train-limit', '256', '--val-limit', '64', '--batch-size',
+                                     '64', '--output-dir', str(tmp_path / 'train')],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-3000:]
+    ckpt = tmp_path / 'train' / 'checkpoint.pth'
+    flags = ['--eval', '--resume', str(ckpt), '--val-limit', '32', '--output-dir', str(tmp_path / 'eval'),
+             '--inc_path', str(tmp_path / 'inc'), '--ina_path', str(tmp_path / 'ina'),
+             '--inr_path', str(tmp_path / 'inr'), '--insk_path', str(tmp_path / 'insk'),
+             '--robust_wnids', str(tmp_path / 'wnids.txt'),
+             '--corruption', 'fog', '--fgsm_test', '--pgd_test']
+    ev = subprocess.run(common + flags, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    rep = json.loads((tmp_path / 'eval' / 'robustness.json').read_text())
+    inc = rep['imagenet_c']
+    assert sorted(inc['accuracy']) == ['contrast', 'gaussian_noise', 'speckle_noise']
+    assert all(sorted(v) == ['1', '2', '3', '4', '5'] for v in inc['accuracy'].values())
+    assert inc['summary']['mce_corruptions'] == 2 and inc['summary']['extra_mce'] is not None
+    assert rep['imagenet_a']['classes'] == 7 and rep['imagenet_a']['n'] == 21
+    assert rep['imagenet_r']['classes'] == 7 and rep['imagenet_r']['n'] == 21
+    assert rep['imagenet_sketch']['n'] == 30 and rep['clean']['n'] == 32
+    assert list(rep['corruptions']['accuracy']) == ['fog'] and rep['fgsm']['n'] == rep['pgd']['n'] == 32
+    assert rep['pgd']['acc1'] <= rep['clean']['acc1']
+    md = (tmp_path / 'eval' / 'robustness.md').read_text()
+    for title in ('ImageNet-C', 'Corrupted on the fly', 'ImageNet-A', 'ImageNet-R', 'ImageNet-Sketch', 'FGSM', 'PGD'):
+        assert title in md
+    with Image.open(tmp_path / 'eval' / 'robustness_severity.png') as im:
+        assert im.format == 'PNG'
+
+    bad = subprocess.run(common + ['--eval', '--resume', str(ckpt), '--output-dir', str(tmp_path / 'bad'),
+                                   '--inc_path', str(tmp_path / 'inc' / 'fog'), '--robust_wnids',
+                                   str(tmp_path / 'wnids.txt')],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1 and 'Expected layout: DIR/<corruption>/<severity 1..5>/<wnid>' in bad.stderr
+    assert 'Traceback' not in bad.stderr
