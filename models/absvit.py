@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, register_model, generate_default_cfgs
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, _cfg
@@ -152,7 +153,8 @@ class AbSViT(TopDownMixin, VisionTransformer):
 # pretrained configs carry no URL: load release files with checkpoint_path= or models.load_checkpoint.
 
 def _abs_cfg(**kwargs):
-    return _cfg(url='', **kwargs)
+    # the release trains and evaluates with DeiT's ImageNet mean/std (timm's ViT default is 0.5/0.5)
+    return _cfg(**{'url': '', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD, **kwargs})
 
 
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)

@@ -30,6 +30,9 @@ def load_checkpoint_file(path: str) -> dict:
     """Read a checkpoint file safely (CPU tensors)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
+    # Re-asserted at every load: torch's safe_globals() context manager (which timm uses) removes the
+    # classes it names on exit, even when they were allow-listed before.
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # pickle errors name the offending global; keep that

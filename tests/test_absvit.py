@@ -345,6 +345,8 @@ def test_registered_and_timm_round_trip(name, pool):
     model = timm.create_model(name, num_classes=7, drop_path_rate=0.1, img_size=64 if '224' in name else 28)
     assert model.global_pool == pool and model.num_classes == 7
     assert model.pretrained_cfg['architecture'] == name
+    if '224' in name:  # the release's (DeiT's) normalisation
+        assert model.pretrained_cfg['mean'] == (0.485, 0.456, 0.406) and model.pretrained_cfg['std'] == (0.229, 0.224, 0.225)
     in_chans = model.pretrained_cfg['input_size'][0]
     x = torch.randn(2, in_chans, *model.patch_embed.img_size)
     assert model.eval()(x).shape == (2, 7)

@@ -1,0 +1,466 @@
+"""Controllable top-down attention, measured on Fashion-MNIST two-object composites.
+
+A composite is two test images side by side (28x56, different classes, drawn with a fixed seed). For
+each composite the prior is set to the class prototype (row of the classifier) of the left item, then of
+the right item, and we report, against the model's own no-prior output (learned prompt; plain feedback
+for Feedback):
+
+  (a) prior accuracy: how often the predicted class is the prior's class;
+  (b) attention share: the share of top-down attention mass on the prior's half (token-norm map of
+      ``model.inspect`` after ``--depth`` blocks, default 3 of 4, with the release's display
+      normalisation; PerceiverIO has no second pass, so its bottom-up map, which no prior changes),
+
+for alpha in {1, 3, 10, 40}, for AbSViT and the comparison models PerceiverIO, Feedback and MaskAtt.
+
+Geometry and data: the models are ``absvit_micro_patch4_28_gap`` (global average pooling, the fair
+choice as in the paper) built at ``img_size=(28, 56)`` and TRAINED at that size, so no position
+embedding is resampled or stretched. A training sample is, with probability ``--pair-prob`` (0.5), two
+training images side by side with the soft target 0.5/0.5 (the half-and-half case of the CutMix in the
+paper's ImageNet recipe, which is how ImageNet training sees several objects in one image), otherwise
+one image on a random half of a black canvas. Test composites come from the test split only.
+
+Training (``--train``) runs the project's pipeline pieces (``engine.train_one_epoch``; the AbS loss of
+``losses.py``: soft-target CE averaged over the passes + 0.1 x variational loss; main.py's Fashion-MNIST
+recipe for optimiser and schedule) with the same settings for every model; main.py itself trains
+square inputs only. Checkpoints record model, td_mode and input size, so ``demo/visualize.py`` loads them as they are.
+
+    python demo/controllability.py --train --lr 2e-3 --out-dir output/controllability   # train 4, measure
+    python demo/controllability.py --checkpoints abs=output/controllability/abs.pth # measure only
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+if __package__ in (None, ''):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import timm  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import models  # noqa: E402,F401
+from datasets.fmnist import CLASSES, FashionMNIST  # noqa: E402
+from datasets.errors import DatasetError  # noqa: E402
+from demo.common import DemoError, default_depth, load_model, normalize_map  # noqa: E402
+
+MODEL = 'absvit_micro_patch4_28_gap'
+CANVAS = (28, 56)
+#: display name -> td_mode, in table order
+MODES = {'AbSViT': 'abs', 'PerceiverIO': 'perceiver', 'Feedback': 'feedback', 'MaskAtt': 'maskatt'}
+ALPHAS = (1.0, 3.0, 10.0, 40.0)
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+def load_split(train: bool, data_path: Optional[str] = None, limit: Optional[int] = None):
+    """Fashion-MNIST as ``(uint8 images (N, 28, 28), int64 labels (N,))`` tensors."""
+    try:
+        ds = FashionMNIST(data_path, train=train, limit=limit)
+    except DatasetError as e:
+        raise DemoError(str(e)) from e
+    return ds.data, ds.targets
+
+
+def normalise(canvas_uint8: torch.Tensor) -> torch.Tensor:
+    return (canvas_uint8.float() / 255.0 - FMNIST_MEAN) / FMNIST_STD
+
+
+def place(images: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28) on a black (N, 1, 28, 56) canvas, left half where ``right`` is False."""
+    n = images.shape[0]
+    canvas = torch.zeros(n, 1, *CANVAS, dtype=torch.uint8)
+    w = images.shape[-1]
+    canvas[~right, 0, :, :w] = images[~right]
+    canvas[right, 0, :, w:] = images[right]
+    return canvas
+
+
+def make_composites(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int):
+    """``n`` composites of two test images of different classes, side by side (seeded).
+
+    Composite ``i`` is drawn by its own generator ``(seed, i)``, so the first ``k`` composites are the same
+    for every ``n``. Returns ``(x normalised (n, 1, 28, 56), left labels, right labels, (left, right)
+    indices)``.
+    """
+    lab = labels.numpy()
+    pairs = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        a, b = rng.integers(0, len(lab), size=2)
+        while lab[a] == lab[b]:  # redraw the right item until the classes differ
+            b = rng.integers(0, len(lab))
+        pairs.append((a, b))
+    left = torch.tensor([int(a) for a, _ in pairs], dtype=torch.long)
+    right = torch.tensor([int(b) for _, b in pairs], dtype=torch.long)
+    x = torch.cat([images[left], images[right]], dim=-1)[:, None]
+    return normalise(x), labels[left], labels[right], (left, right)
+
+
+# -- training -------------------------------------------------------------------------------------
+
+class CanvasDataset(torch.utils.data.Dataset):
+    """Training samples on the 28x56 canvas, drawn once with ``seed``: with probability ``pair_prob`` two
+    training images side by side with the soft target 0.5/0.5 (the half-and-half case of the CutMix of
+    the paper's ImageNet recipe), otherwise one image on a random half of a black canvas (one-hot target).
+    Items: ``(normalised canvas (1, 28, 56), target (10,))``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int, pair_prob: float = 0.5,
+                 num_classes: int = 10):
+        g = torch.Generator().manual_seed(seed)
+        n = len(labels)
+        self.images, self.labels, self.num_classes = images, labels, num_classes
+        self.right = torch.rand(n, generator=g) < 0.5
+        self.pair = torch.rand(n, generator=g) < pair_prob
+        self.partner = torch.randint(0, n, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        target = torch.zeros(self.num_classes)
+        if self.pair[i]:
+            j = int(self.partner[i])
+            canvas = torch.cat([self.images[i], self.images[j]], dim=-1)[None]
+            target[self.labels[i]] += 0.5
+            target[self.labels[j]] += 0.5
+        else:
+            canvas = place(self.images[i:i + 1], self.right[i:i + 1])[0]
+            target[self.labels[i]] = 1.0
+        return normalise(canvas), target
+
+
+def recipe_args(batch_size: int, epochs: int, seed: int):
+    """main.py's Fashion-MNIST recipe (``--data-set FMNIST``) with this batch size, epoch count and seed."""
+    import main  # the pipeline's parser and recipe: the same optimiser, schedule and loss settings
+    return main.parse_args(['--data-set', 'FMNIST', '--batch-size', str(batch_size), '--epochs', str(epochs),
+                            '--seed', str(seed)])
+
+
+def train_model(td_mode: str, images: torch.Tensor, labels: torch.Tensor, epochs: int = 1, batch_size: int = 64,
+                seed: int = 0, lr: Optional[float] = None, pair_prob: float = 0.5, log=print):
+    """Train ``MODEL`` (td_mode) at 28x56 on ``CanvasDataset`` with the project's pipeline pieces.
+
+    ``engine.train_one_epoch``, ``losses.build_criterion`` (AbS loss: CE averaged over both passes +
+    0.1 x variational loss) and main.py's Fashion-MNIST recipe for the optimiser and schedule (AdamW,
+    lr 8e-3 x batch / 512, weight decay 0.05, cosine per update, warm-up 1/6 of training as the
+    recipe's 0.5 of 3 epochs; ``lr`` overrides the scaled rate). Its augmentation (pad-crop, flip) is
+    replaced by the random half.
+    Returns ``(model in eval mode, info dict)``.
+    """
+    import engine
+    import losses
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    args = recipe_args(batch_size, epochs, seed)
+    torch.manual_seed(seed)
+    model = timm.create_model(MODEL, img_size=CANVAS, td_mode=td_mode)
+    gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(CanvasDataset(images, labels, seed, pair_prob), batch_size=batch_size,
+                                         shuffle=True, drop_last=True, generator=gen)
+    if len(loader) == 0:
+        raise DemoError(f'{len(labels)} training images make no batch of {batch_size}')
+    if lr is None:
+        lr = args.lr * batch_size / args.lr_base_size if args.lr_base_size > 0 else args.lr
+    optimizer = create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay)
+    scheduler, _ = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=epochs, min_lr=args.min_lr,
+                                       warmup_lr=args.warmup_lr, warmup_epochs=epochs / 6, step_on_epochs=False,
+                                       updates_per_epoch=len(loader))
+    criterion = losses.build_criterion(args, model, mixup_active=True)  # soft targets: SoftTargetCrossEntropy
+    t0, stats = time.time(), {}
+    for epoch in range(epochs):
+        stats = engine.train_one_epoch(model, criterion, loader, optimizer, torch.device('cpu'), epoch,
+                                       num_epochs=epochs, lr_scheduler=scheduler, sched_on_updates=True,
+                                       progress=False)
+        if log:
+            log(f'  {td_mode}: epoch {epoch + 1}/{epochs}: loss {stats["loss"]:.3f} ({time.time() - t0:.0f} s)')
+    info = {'td_mode': td_mode, 'criterion': repr(criterion), 'epochs': epochs, 'steps': epochs * len(loader),
+            'batch_size': batch_size, 'lr': lr, 'pair_prob': pair_prob, 'weight_decay': args.weight_decay,
+            'sched': args.sched, 'seed': seed,
+            'train_images': len(labels), 'train_images_seen': epochs * len(loader) * batch_size,
+            'train_seconds': round(time.time() - t0, 1), 'final_epoch_loss': float(stats['loss']),
+            'threads': torch.get_num_threads()}
+    return model.eval(), info
+
+
+def save_model(model, info: Dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'model': model.state_dict(),
+                'demo': {'model': MODEL, 'td_mode': model.td_mode, 'img_size': list(CANVAS), 'train': info}}, path)
+
+
+# -- measuring ------------------------------------------------------------------------------------
+
+def half_share(att: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Share of a (B, h, w) map's mass on the right half where ``right`` else the left half."""
+    w = att.shape[-1]
+    cols = att.sum(-2)
+    left_mass, right_mass = cols[:, :w // 2].sum(-1), cols[:, w - w // 2:].sum(-1)
+    total = left_mass + right_mass
+    share_right = torch.where(total > 0, right_mass / total.clamp_min(1e-12), torch.full_like(total, 0.5))
+    return torch.where(right, share_right, 1 - share_right)
+
+
+def _attention(out: Dict) -> torch.Tensor:
+    """The map whose mass is measured: top-down (pass 2); PerceiverIO has no second pass, so its
+    bottom-up map (which no prior can change)."""
+    att = out['top_down'] if out['top_down'] is not None else out['bottom_up']
+    return normalize_map(att)
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y_left: torch.Tensor, y_right: torch.Tensor, alphas: Sequence[float] = ALPHAS,
+             depth: Optional[int] = None, batch_size: int = 250) -> Dict:
+    """Prior accuracy and attention share for each alpha, and the no-prior baseline (both in [0, 1])."""
+    depth = default_depth(model) if depth is None else depth
+    n = len(x)
+    sides = {'left': (y_left, torch.zeros(n, dtype=torch.bool)), 'right': (y_right, torch.ones(n, dtype=torch.bool))}
+    base_hit, base_share = [], []
+    hit = {a: [] for a in alphas}
+    share = {a: [] for a in alphas}
+    mask_share, mask_class, mask_learned = [], [], []  # diagnostics of the priors' token masks
+    for s in range(0, n, batch_size):
+        xb = x[s:s + batch_size]
+        out0 = model.inspect(xb, depth=depth)  # the model's own output: learned prompt (or plain feedback)
+        pred0, att0 = out0['logits'].argmax(-1), _attention(out0)
+        if out0['prior_mask'] is not None:
+            mask_learned.append(out0['prior_mask'].flatten(1).mean(1))
+        for y, right in sides.values():
+            yb, rb = y[s:s + batch_size], right[s:s + batch_size]
+            base_hit.append(pred0 == yb)
+            base_share.append(half_share(att0, rb))
+            for i, a in enumerate(alphas):
+                out = model.inspect(xb, classes=yb, alpha=a, depth=depth)
+                hit[a].append(out['logits'].argmax(-1) == yb)
+                share[a].append(half_share(_attention(out), rb))
+                if i == 0 and out['prior_mask'] is not None:  # the mask does not depend on alpha
+                    mask_share.append(half_share(out['prior_mask'], rb))
+                    mask_class.append(out['prior_mask'].flatten(1).mean(1))
+    mean = lambda ts: float(torch.cat(ts).float().mean()) if ts else None
+    return {'n_composites': n, 'depth': depth,
+            'baseline': {'prior_acc': mean(base_hit), 'attn_share': mean(base_share)},
+            'alphas': {f'{a:g}': {'prior_acc': mean(hit[a]), 'attn_share': mean(share[a])} for a in alphas},
+            'masks': {'class_mask_share': mean(mask_share), 'class_mask_mean': mean(mask_class),
+                      'learned_mask_mean': mean(mask_learned)}}
+
+
+@torch.no_grad()
+def single_accuracy(model, images: torch.Tensor, labels: torch.Tensor, seed: int, batch_size: int = 500) -> float:
+    """Accuracy on single test images at a random (seeded) half of the canvas: the training task."""
+    right = torch.from_numpy(np.random.default_rng(seed).random(len(labels)) < 0.5)
+    correct = 0
+    for s in range(0, len(labels), batch_size):
+        x = normalise(place(images[s:s + batch_size], right[s:s + batch_size]))
+        correct += int((model(x).argmax(-1) == labels[s:s + batch_size]).sum())
+    return correct / len(labels)
+
+
+# -- reporting ------------------------------------------------------------------------------------
+
+def markdown_table(results: Dict[str, Dict]) -> str:
+    """One row per model and alpha: prior accuracy and attention share, each with its baseline."""
+    lines = ['| model | single acc | α | prior acc (a) | no-prior (a) | attn share (b) | no-prior (b) |',
+             '|---|---|---|---|---|---|---|']
+    for name, r in results.items():
+        single = f"{r['single_acc']:.3f}" if r.get('single_acc') is not None else '–'
+        for a, m in r['alphas'].items():
+            lines.append(f"| {name} | {single} | {a} | {m['prior_acc']:.3f} | {r['baseline']['prior_acc']:.3f} | "
+                         f"{m['attn_share']:.3f} | {r['baseline']['attn_share']:.3f} |")
+    return '\n'.join(lines)
+
+
+def mask_table(results: Dict[str, Dict]) -> str:
+    """The priors' token masks: how much of the class prior's mask lies on its item's half, and the mean
+    mask of the class prior and of the learned prompt (how strongly each one drives the feedback)."""
+    f = lambda v: '–' if v is None else f'{v:.3f}'
+    lines = ['| model | class-prior mask on its half | mean mask, class prior | mean mask, learned prompt |',
+             '|---|---|---|---|']
+    for name, r in results.items():
+        m = r.get('masks', {})
+        lines.append(f"| {name} | {f(m.get('class_mask_share'))} | {f(m.get('class_mask_mean'))} | "
+                     f"{f(m.get('learned_mask_mean'))} |")
+    return '\n'.join(lines)
+
+
+def plot_results(results: Dict[str, Dict], path: Path) -> Path:
+    """(a) prior accuracy and (b) attention share against alpha; dashed: the no-prior baselines."""
+    fig = Figure(figsize=(10, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    colors = ['C0', 'C1', 'C2', 'C3', 'C4', 'C5']
+    for (name, r), c in zip(results.items(), colors):
+        alphas = [float(a) for a in r['alphas']]
+        for ax, key in zip(axes, ('prior_acc', 'attn_share')):
+            ax.plot(alphas, [m[key] for m in r['alphas'].values()], 'o-', color=c, label=name)
+            ax.axhline(r['baseline'][key], color=c, ls='--', lw=1)
+    for ax, title in zip(axes, ('(a) predicted class = prior class', "(b) top-down attention on the prior's half")):
+        ax.set_xscale('log')
+        ax.set_xlabel('α')
+        ax.set_ylim(0, 1.02)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc='lower right')
+    fig.text(0.5, 0.005, 'dashed: no-prior baseline (the model\'s own output)', ha='center', fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+@torch.no_grad()
+def plot_examples(model, x: torch.Tensor, y_left: torch.Tensor, y_right: torch.Tensor, path: Path,
+                  alpha: float = 10.0, depth: Optional[int] = None, title: str = 'AbSViT') -> Path:
+    """One row per composite: image, bottom-up attention, then prior mask and top-down attention with the
+    left and with the right item's class prior (titles: the prediction)."""
+    k = len(x)
+    depth = default_depth(model) if depth is None else depth
+    fig = Figure(figsize=(11.5, 1.45 * k + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(k, 6, squeeze=False)
+    as_np = lambda out: {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+    base = as_np(model.inspect(x, depth=depth))
+    outs = [as_np(model.inspect(x, classes=y, alpha=alpha, depth=depth)) for y in (y_left, y_right)]
+    x, norm = x.numpy(), lambda m: normalize_map(torch.from_numpy(m)).numpy()
+    heads = ['composite', 'bottom-up attention', 'prior mask: left', 'top-down: left', 'prior mask: right',
+             'top-down: right']
+    for i in range(k):
+        row = axes[i]
+        row[0].imshow(x[i, 0], cmap='gray')
+        row[0].set_ylabel(f'{CLASSES[y_left[i]]} | {CLASSES[y_right[i]]}', fontsize=7)
+        row[1].imshow(norm(base['bottom_up'][i]), interpolation='nearest')
+        pred0 = int(base['logits_bottom_up'][i].argmax())
+        row[1].set_xlabel(f'pred: {CLASSES[pred0]}', fontsize=7)
+        for j, (out, y) in enumerate(zip(outs, (y_left, y_right))):
+            if out['prior_mask'] is not None:
+                row[2 + 2 * j].imshow(out['prior_mask'][i], interpolation='nearest')
+            att = out['top_down'] if out['top_down'] is not None else out['bottom_up']
+            row[3 + 2 * j].imshow(norm(att[i]), interpolation='nearest')
+            pred = int(out['logits'][i].argmax())
+            row[3 + 2 * j].set_xlabel(f'pred: {CLASSES[pred]}' + (' ✓' if pred == int(y[i]) else ' ✗'), fontsize=7)
+        for j, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(heads[j], fontsize=8)
+    fig.suptitle(f'{title}: class-prototype prior of the left / right item (α={alpha:g}, '
+                 f'maps after block {depth} of {model.num_td_blocks()})', fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+def parse_checkpoints(items: Sequence[str]) -> Dict[str, Tuple[str, str]]:
+    """``MODE=PATH`` (MODE a td_mode or display name) -> {display name: (td_mode, path)}."""
+    by_mode = {m: n for n, m in MODES.items()}
+    by_name = {n.lower(): n for n in MODES}
+    out = {}
+    for item in items:
+        if '=' not in item:
+            raise DemoError(f"--checkpoints takes MODE=PATH (MODE one of {', '.join(MODES.values())}), got '{item}'")
+        key, path = item.split('=', 1)
+        name = by_mode.get(key) or by_name.get(key.lower())
+        if name is None:
+            raise DemoError(f"unknown mode '{key}' in --checkpoints; use one of {', '.join(MODES.values())}")
+        out[name] = (MODES[name], path)
+    return dict(sorted(out.items(), key=lambda kv: list(MODES).index(kv[0])))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--train', action='store_true', help='train the models here (same recipe), then measure')
+    src.add_argument('--checkpoints', nargs='+', metavar='MODE=PATH', help='measure these checkpoints')
+    p.add_argument('--modes', nargs='+', default=list(MODES.values()), choices=list(MODES.values()),
+                   help='which models to train (with --train)')
+    p.add_argument('--epochs', type=int, default=1, help='training epochs per model')
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--lr', type=float, default=None,
+                   help="learning rate (default: main.py's Fashion-MNIST recipe, scaled to the batch size)")
+    p.add_argument('--pair-prob', type=float, default=0.5,
+                   help='share of training samples that are two images side by side (soft 0.5/0.5 target); '
+                        '0: single images only')
+    p.add_argument('--train-limit', type=int, default=None, help='train on the first N training images only')
+    p.add_argument('--n-composites', type=int, default=1000)
+    p.add_argument('--n-single', type=int, default=10000, help='test images for the single-object accuracy')
+    p.add_argument('--alphas', type=float, nargs='+', default=list(ALPHAS))
+    p.add_argument('--depth', type=int, default=None,
+                   help="blocks before the attention map is read (default: 3/4 of them, the release demo's "
+                        '9 of 12)')
+    p.add_argument('--seed', type=int, default=0, help='composites, training and the single-object placement')
+    p.add_argument('--data-path', default=None, help='Fashion-MNIST folder (default: the Debian package\'s)')
+    p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    p.add_argument('--out-dir', default='output/controllability',
+                   help='checkpoints, results.json, table.md, figures')
+    p.add_argument('--examples', type=int, default=4, help='composites in the example figure (0: none)')
+    p.add_argument('--example-alpha', type=float, default=10.0)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out_dir)
+    try:
+        test_x, test_y = load_split(False, args.data_path)
+        x, yl, yr, (il, ir) = make_composites(test_x, test_y, args.n_composites, args.seed)
+        if args.train:
+            train_x, train_y = load_split(True, args.data_path, args.train_limit)
+            todo = {n: (m, None) for n, m in MODES.items() if m in args.modes}
+        else:
+            todo = parse_checkpoints(args.checkpoints)
+        results = {}
+        for name, (mode, path) in todo.items():
+            if path is None:
+                print(f'training {name} ({MODEL}, td_mode={mode}, input {CANVAS}) on {len(train_y)} images '
+                      f'for {args.epochs} epoch(s)')
+                model, info = train_model(mode, train_x, train_y, args.epochs, args.batch_size, seed=args.seed,
+                                          lr=args.lr, pair_prob=args.pair_prob)
+                path = out / f'{mode}.pth'
+                save_model(model, info, path)
+            else:
+                model, _ = load_model(MODEL, path, td_mode=mode, img_size=CANVAS)
+                info = torch.load(path, map_location='cpu', weights_only=True).get('demo', {}).get('train')
+            t0 = time.time()
+            r = evaluate(model, x, yl, yr, args.alphas, args.depth)
+            r['single_acc'] = single_accuracy(model, test_x[:args.n_single], test_y[:args.n_single], args.seed)
+            r.update(td_mode=mode, checkpoint=str(path), train=info, eval_seconds=round(time.time() - t0, 1))
+            results[name] = r
+            print(f"{name}: single-object acc {r['single_acc']:.3f}; " + ', '.join(
+                f"α={a}: {m['prior_acc']:.3f}/{m['attn_share']:.3f}" for a, m in r['alphas'].items())
+                + f" (no prior {r['baseline']['prior_acc']:.3f}/{r['baseline']['attn_share']:.3f})")
+            if name == 'AbSViT' and args.examples > 0:
+                k = min(args.examples, len(x))
+                p = plot_examples(model, x[:k], yl[:k], yr[:k], out / 'examples.png', args.example_alpha, args.depth)
+                print(f'wrote {p}')
+        table = markdown_table(results)
+        depth = next(iter(results.values()))['depth'] if results else args.depth
+        meta = {'model': MODEL, 'canvas': list(CANVAS), 'n_composites': args.n_composites, 'seed': args.seed,
+                'depth': args.depth, 'alphas': args.alphas,
+                'composites': {'left': il.tolist(), 'right': ir.tolist()}}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / 'results.json').write_text(json.dumps({'meta': meta, 'results': results}, indent=1))
+        (out / 'table.md').write_text(table + '\n\n' + mask_table(results) + '\n')
+        plot_results(results, out / 'controllability.png')
+        print(f'\n{len(x)} composites, seed {args.seed}, attention after block {depth}\n\n{table}\n\n'
+              f'{mask_table(results)}\n')
+        print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'controllability.png'}")
+    except DemoError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
