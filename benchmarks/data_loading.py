@@ -92,36 +92,11 @@ def make_jpegs(root: str, n: int, size: Tuple[int, int] = (500, 375), classes: i
     return paths
 
 
-def _posterize_old_pillow(img, bits_to_keep, **_):
-    """timm's ``posterize`` with the behaviour of the Pillow the release ran: ``bits_to_keep <= 0``
-    gives a black image. Pillow 13 (installed here; requirements allow >= 10) raises ValueError for
-    bits outside 1..8, and timm's ``PosterizeIncreasing`` yields 0 bits whenever the noisy magnitude
-    (m9, mstd 0.5) is clipped to 10: about 0.16% of images, i.e. the ImageNet recipe's loader dies
-    within the first few batches."""
-    from PIL import Image, ImageOps
-    if bits_to_keep >= 8:
-        return img
-    if bits_to_keep <= 0:
-        return Image.new(img.mode, img.size)
-    return ImageOps.posterize(img, bits_to_keep)
-
-
-def pillow_safe_posterize(transform) -> int:
-    """Replace the posterize function of every RandAugment/AutoAugment op inside ``transform``
-    (a torchvision Compose); returns how many ops were patched."""
-    n = 0
-    for t in getattr(transform, 'transforms', [transform]):
-        for op in getattr(t, 'ops', []) or []:
-            if getattr(op, 'name', '').startswith('Posterize'):
-                op.aug_fn = _posterize_old_pillow
-                n += 1
-    return n
-
-
 def train_dataset(root: str, args: Namespace, patch_posterize: bool = True):
     """The project's training dataset. ``patch_posterize``: work around the Pillow >= 13 posterize
     crash (see ``_posterize_old_pillow``) unless the project's transform already does."""
     from datasets import SafeImageFolder, build_train_transform
+    from datasets.transforms import pillow_safe_posterize
     tf = build_train_transform(args)
     if patch_posterize:
         pillow_safe_posterize(tf)

@@ -1,0 +1,13 @@
+"""Dataset errors: one message saying what was expected and how to get it."""
+
+
+class DatasetError(RuntimeError):
+    """A missing, malformed or unreadable dataset."""
+
+
+class UnreadableImageError(DatasetError):
+    """An image file that cannot be decoded; the message names the file.
+
+    Takes a single message argument so that PyTorch's DataLoader can re-raise it, with its type,
+    in the main process when a worker hits it.
+    """

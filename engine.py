@@ -1,0 +1,169 @@
+"""One training epoch and one evaluation pass.
+
+Nothing here depends on the model's name or kind: the model is called as
+``model(images, **criterion.model_kwargs)`` and the criterion decides how to use what it returns
+(see ``losses.py``).
+"""
+import math
+import sys
+import time
+from contextlib import nullcontext
+from typing import Callable, Dict, Iterable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import misc
+
+__all__ = ['train_one_epoch', 'evaluate', 'autocast']
+
+
+def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    if amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    enabled = enabled and misc.is_main_process()
+    tty = sys.stderr.isatty()  # into a log file: a line every 30 s rather than a redraw every second
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=not tty,
+                mininterval=1.0 if tty else 30.0, smoothing=0.1)
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable,
+                    optimizer: torch.optim.Optimizer, device: torch.device, epoch: int, *,
+                    num_epochs: Optional[int] = None, lr_scheduler=None, sched_on_updates: bool = False,
+                    amp_dtype: Optional[torch.dtype] = None, loss_scaler=None, clip_grad: Optional[float] = None,
+                    model_ema=None, mixup_fn: Optional[Callable] = None, tb_writer=None, log_every: int = 50,
+                    progress: bool = True, set_training_mode: bool = True) -> Dict[str, float]:
+    """Train for one pass over ``data_loader``; returns averages over this process's steps.
+
+    Raises ``misc.NonFiniteLossError`` (on every rank) as soon as a loss is NaN/inf, before the
+    optimizer step, so weights and checkpoints stay those of the last good step.
+    """
+    model.train(set_training_mode)
+    model_kwargs = getattr(criterion, 'model_kwargs', {}) or {}
+    steps = len(data_loader)
+    first_update = epoch * steps
+    sums: Dict[str, float] = {}
+    n_seen = 0
+    desc = f'Epoch {epoch + 1}' + (f'/{num_epochs}' if num_epochs else '')
+    bar = _progress(data_loader, steps, desc, progress)
+    start = time.time()
+    for i, (images, targets) in enumerate(bar):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if mixup_fn is not None:
+            images, targets = mixup_fn(images, targets)
+
+        with autocast(device, amp_dtype):
+            output = model(images, **model_kwargs)
+            loss = criterion(output, targets)
+
+        loss_value = loss.item()
+        finite = torch.tensor([1.0 if math.isfinite(loss_value) else 0.0], device=device)
+        if misc.is_dist():  # every rank stops together, or the others would wait forever
+            misc.all_reduce_sum(finite)
+        if finite.item() < misc.get_world_size():
+            raise misc.NonFiniteLossError(
+                f'loss is {loss_value} at epoch {epoch + 1}, step {i + 1}/{steps} (on at least one process); '
+                'stopping. Lower --lr, set --clip-grad, or use --amp bf16 instead of fp16.')
+
+        optimizer.zero_grad(set_to_none=True)
+        if loss_scaler is not None:  # fp16: scaled backward, unscale before clipping
+            loss_scaler.scale(loss).backward()
+            if clip_grad:
+                loss_scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            loss_scaler.step(optimizer)
+            loss_scaler.update()
+        else:
+            loss.backward()
+            if clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+
+        if model_ema is not None:
+            model_ema.update(_unwrap(model))
+        num_updates = first_update + i + 1
+        if lr_scheduler is not None and sched_on_updates:
+            lr_scheduler.step_update(num_updates=num_updates)
+
+        bs = images.shape[0]
+        n_seen += bs
+        terms = {'loss': loss_value, **{k: v.item() for k, v in getattr(criterion, 'last_terms', {}).items()}}
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v
+        lr = optimizer.param_groups[0]['lr']
+        if misc.is_main_process():
+            if bar.disable is False:
+                bar.set_postfix(loss=f'{loss_value:.4f}', lr=f'{lr:.2e}', refresh=False)
+            if tb_writer is not None and (num_updates % log_every == 0 or i == steps - 1):
+                for k, v in terms.items():
+                    tb_writer.add_scalar(f'train/{k}', v, num_updates)
+                tb_writer.add_scalar('train/lr', lr, num_updates)
+    bar.close()
+    elapsed = time.time() - start
+    stats = {k: v / max(steps, 1) for k, v in sums.items()}
+    stats['lr'] = optimizer.param_groups[0]['lr']
+    stats['time'] = elapsed
+    stats['img_per_sec'] = n_seen * misc.get_world_size() / max(elapsed, 1e-9)
+    # average the per-process means over processes
+    if misc.is_dist():
+        keys = sorted(k for k in stats if k not in ('lr', 'time', 'img_per_sec'))
+        t = misc.all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device))
+        stats.update({k: v / misc.get_world_size() for k, v in zip(keys, t.tolist())})
+    return stats
+
+
+def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+             class_mask: Optional[torch.Tensor] = None,
+             attack: Optional[Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+             desc: str = 'Test', progress: bool = True) -> Dict[str, float]:
+    """Top-1/top-5 accuracy (%) and mean cross-entropy over the whole loader.
+
+    * ``class_mask``: indices of the logit columns to keep (e.g. the 200 ImageNet-A/R classes); targets are
+      then indices into the mask.
+    * ``attack(model, images, targets) -> images``: applied per batch with gradients enabled, on the
+      model in eval mode (e.g. FGSM/PGD).
+    * Distributed: each process evaluates its own shard; sums are all-reduced, so ``n`` is the total
+      number of samples evaluated.
+    """
+    net = _unwrap(model)  # no DDP forward: shards may differ in length and must not meet in collectives
+    was_training = net.training
+    net.eval()
+    if class_mask is not None:
+        class_mask = torch.as_tensor(class_mask, dtype=torch.long, device=device)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, correct1, correct5, n
+    try:
+        for images, targets in _progress(data_loader, len(data_loader), desc, progress):
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if attack is not None:
+                with torch.enable_grad():
+                    images = attack(net, images, targets).detach()
+            with torch.no_grad(), autocast(device, amp_dtype):
+                logits = net(images)
+            logits = logits.float()
+            if class_mask is not None:
+                logits = logits[:, class_mask]
+            loss = F.cross_entropy(logits, targets, reduction='sum')
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            hit = top.eq(targets[:, None])
+            sums += torch.stack([loss.double(), hit[:, :1].sum().double(), hit.sum().double(),
+                                 torch.tensor(float(len(targets)), dtype=torch.float64, device=device)])
+    finally:
+        net.train(was_training)
+    misc.all_reduce_sum(sums)
+    loss_sum, c1, c5, n = sums.tolist()
+    n_safe = max(n, 1.0)
+    return {'acc1': 100.0 * c1 / n_safe, 'acc5': 100.0 * c5 / n_safe, 'loss': loss_sum / n_safe, 'n': int(n)}

@@ -1,0 +1,228 @@
+"""Shared plumbing of main.py and engine.py: errors, distributed helpers, logging, checkpoint I/O
+and RNG state.
+
+Everything written by ``save_checkpoint`` is plain tensors, numbers, strings and containers, so
+checkpoints load with ``torch.load(weights_only=True)`` (``models.checkpoint.SAFE_GLOBALS`` adds
+``argparse.Namespace`` for the reference release's files; nothing else is allow-listed).
+"""
+import datetime
+import difflib
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+from typing import Any, Dict, Iterable, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+_logger = logging.getLogger('absvit')
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors the user can act on: main.py prints their message (no traceback) and exits with status 1.
+
+class UserError(RuntimeError):
+    """A problem with the command line, the data or a file: the message says what to do."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf."""
+
+
+def close_matches(name: str, choices: Iterable[str], n: int = 5) -> List[str]:
+    """Up to ``n`` entries of ``choices`` that look like ``name`` (difflib, case-insensitive)."""
+    choices = list(choices)
+    lower = {c.lower(): c for c in choices}
+    found = difflib.get_close_matches(name.lower(), list(lower), n=n, cutoff=0.6)
+    return [lower[f] for f in found]
+
+
+# ------------------------------------------------------------------------------------------------
+# Distributed helpers (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all processes (in place; returns it)."""
+    if is_dist():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def init_distributed(args) -> torch.device:
+    """Start the process group when launched by torchrun; set ``args.distributed``, ``rank``,
+    ``world_size``, ``local_rank``, and return the device for this process.
+
+    Backend: nccl when the device is CUDA, gloo on CPU (``--dist-backend`` overrides).
+    """
+    want = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if want.startswith('cuda') and not torch.cuda.is_available():
+        raise UserError(f"--device {want} was asked for but CUDA is not available; use --device cpu")
+    args.distributed = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ and int(os.environ['WORLD_SIZE']) > 1
+    args.rank = int(os.environ.get('RANK', 0))
+    args.world_size = int(os.environ.get('WORLD_SIZE', 1))
+    args.local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    if want.startswith('cuda'):
+        device = torch.device('cuda', args.local_rank if args.distributed else torch.device(want).index or 0)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device(want)
+    if args.distributed:
+        backend = args.dist_backend or ('nccl' if device.type == 'cuda' else 'gloo')
+        args.dist_backend = backend
+        kwargs = {'device_id': device} if backend == 'nccl' else {}
+        dist.init_process_group(backend=backend, init_method=args.dist_url,
+                                timeout=datetime.timedelta(minutes=args.dist_timeout), **kwargs)
+        args.rank, args.world_size = dist.get_rank(), dist.get_world_size()
+    return device
+
+
+def cleanup_distributed() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------------
+# Logging: rank 0 logs INFO to stdout; other ranks only warnings.
+
+def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, '_absvit', False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stdout)
+    handler._absvit = True
+    prefix = '' if rank == 0 else f'[rank {rank}] '
+    handler.setFormatter(logging.Formatter(prefix + '%(message)s'))
+    root.addHandler(handler)
+    root.setLevel(level if rank == 0 else logging.WARNING)
+
+
+def append_json_line(path: str, record: Dict[str, Any]) -> None:
+    with open(path, 'a') as f:
+        f.write(json.dumps(record, default=_json_default) + '\n')
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, torch.Tensor):
+        return o.item() if o.numel() == 1 else o.tolist()
+    return str(o)
+
+
+def format_seconds(s: float) -> str:
+    return str(datetime.timedelta(seconds=int(round(s))))
+
+
+# ------------------------------------------------------------------------------------------------
+# RNG state: every generator a training step draws from, in weights_only-loadable form.
+
+def get_rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        'torch': torch.get_rng_state(),
+        'numpy': {'name': np_state[0], 'keys': torch.from_numpy(np_state[1].astype(np.int64)),
+                  'pos': int(np_state[2]), 'has_gauss': int(np_state[3]), 'cached_gaussian': float(np_state[4])},
+        'python': {'version': py_state[0], 'state': list(py_state[1]), 'gauss_next': py_state[2]},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state['torch'])
+    n = state['numpy']
+    np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                         n['cached_gaussian']))
+    p = state['python']
+    random.setstate((p['version'], tuple(p['state']), p['gauss_next']))
+    if 'cuda' in state and torch.cuda.is_available():
+        cuda_states = state['cuda']
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def gather_rng_states() -> Optional[List[Dict[str, Any]]]:
+    """Every rank's RNG state, as a list indexed by rank (collective; the list on every rank)."""
+    state = get_rng_state()
+    if not is_dist():
+        return [state]
+    out: List[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, state)
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    random.seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoint files.
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
+    a reader (or a run killed mid-write) sees the old file or the new one, never a torn one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def plain_args(args) -> Dict[str, Any]:
+    """``vars(args)`` with only JSON/weights_only-safe values (tuples become lists, paths strings)."""
+    out = {}
+    for k, v in vars(args).items():
+        if isinstance(v, (tuple, list)):
+            v = [x if isinstance(x, (int, float, str, bool)) or x is None else str(x) for x in v]
+        elif not (isinstance(v, (int, float, str, bool)) or v is None):
+            v = str(v)
+        out[k] = v
+    return out

@@ -1,0 +1,137 @@
+"""Datasets: Fashion-MNIST from the Debian files, image folders, transforms and their errors."""
+import gzip
+import os
+import struct
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import datasets
+from datasets import DatasetError, UnreadableImageError
+from datasets.verify import unreadable_images
+
+FMNIST = datasets.default_data_path('FMNIST')
+needs_fmnist = pytest.mark.skipif(not os.path.isfile(os.path.join(FMNIST, 't10k-images-idx3-ubyte.gz')),
+                                  reason='Fashion-MNIST files absent (apt-get install dataset-fashion-mnist)')
+
+
+def data_args(**kw):
+    base = dict(data_set='FMNIST', data_path=None, input_size=28, in_chans=1, mean=[0.286], std=[0.353],
+                crop_pct=1.0, interpolation='bicubic', train_interpolation='bicubic', train_crop='pad',
+                crop_padding=2, hflip=0.5, aa='none', color_jitter=0.0, reprob=0.0, train_limit=None,
+                val_limit=None)
+    base.update(kw)
+    return Namespace(**base)
+
+
+def make_folder(root, classes=('cat', 'dog', 'emu'), per_class=2, size=36):
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for c in classes:
+            os.makedirs(os.path.join(root, split, c), exist_ok=True)
+            for i in range(per_class):
+                arr = rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(os.path.join(root, split, c, f'{i}.png'))
+    return str(root)
+
+
+@needs_fmnist
+def test_fmnist_splits_limits_and_transforms():
+    train, n = datasets.build_dataset(True, data_args(train_limit=100))
+    assert n == 10 and len(train) == 100
+    x, y = train[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and y == 9  # the first image is an ankle boot
+    test, _ = datasets.build_dataset(False, data_args())
+    assert len(test) == 10000
+    assert sorted(set(test.targets.tolist())) == list(range(10))
+    # an RGB model gets the grey image on three channels
+    x3, _ = datasets.build_dataset(False, data_args(in_chans=3, mean=[0.5], std=[0.5], val_limit=3))[0][0]
+    assert x3.shape == (3, 28, 28) and torch.equal(x3[0], x3[2])
+
+
+@needs_fmnist
+def test_eval_transform_applies_corruption_between_crop_and_normalize():
+    seen = []
+
+    def invert(arr):
+        seen.append((arr.shape, arr.dtype))
+        return 255 - arr
+
+    args = data_args(val_limit=2)
+    clean, _ = datasets.build_dataset(False, args)
+    dirty, _ = datasets.build_dataset(False, args, corruption=invert)
+    a, b = clean[0][0], dirty[0][0]
+    assert seen[-1] == ((28, 28, 1), np.uint8)
+    # normalised (255 - p) equals (1 - p/255 - m)/s
+    m, s = 0.286, 0.353
+    torch.testing.assert_close(b, ((1 - (a * s + m)) - m) / s, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError):
+        datasets.build_dataset(True, args, corruption=invert)
+
+
+def test_fmnist_missing_or_malformed(tmp_path):
+    with pytest.raises(DatasetError, match='apt-get install dataset-fashion-mnist'):
+        datasets.build_dataset(True, data_args(data_path=str(tmp_path / 'nowhere')))
+    with pytest.raises(DatasetError, match='train-images-idx3-ubyte.gz not found'):
+        datasets.build_dataset(True, data_args(data_path=str(tmp_path)))
+    # wrong magic number
+    with gzip.open(tmp_path / 'train-images-idx3-ubyte.gz', 'wb') as f:
+        f.write(struct.pack('>IIII', 0x801, 10, 28, 28) + bytes(10 * 784))
+    with pytest.raises(DatasetError, match='not a Fashion-MNIST IDX file'):
+        datasets.build_dataset(True, data_args(data_path=str(tmp_path)))
+    # truncated data
+    with gzip.open(tmp_path / 'train-images-idx3-ubyte.gz', 'wb') as f:
+        f.write(struct.pack('>IIII', 0x803, 60000, 28, 28) + bytes(5 * 784))
+    with gzip.open(tmp_path / 'train-labels-idx1-ubyte.gz', 'wb') as f:
+        f.write(struct.pack('>II', 0x801, 60000) + bytes(60000))
+    with pytest.raises(DatasetError, match='truncated'):
+        datasets.build_dataset(True, data_args(data_path=str(tmp_path)))
+    # not gzip at all
+    (tmp_path / 'train-images-idx3-ubyte.gz').write_bytes(b'this is not gzip')
+    with pytest.raises(DatasetError, match='cannot read'):
+        datasets.build_dataset(True, data_args(data_path=str(tmp_path)))
+
+
+def test_folder_dataset(tmp_path):
+    root = make_folder(tmp_path / 'ds')
+    args = data_args(data_set='FOLDER', data_path=root, input_size=32, in_chans=3, mean=[0.5] * 3, std=[0.5] * 3,
+                     crop_pct=0.875, train_crop='rrc')
+    assert datasets.dataset_num_classes(args) == 3
+    train, n = datasets.build_dataset(True, args)
+    val, _ = datasets.build_dataset(False, args)
+    assert n == 3 and len(train) == 6 and len(val) == 6
+    assert train[0][0].shape == (3, 32, 32) and val[5][1] == 2
+    grey = datasets.build_folder_dataset(os.path.join(root, 'val'), data_args(input_size=16, crop_pct=1.0),
+                                         corruption=lambda a: np.zeros_like(a))
+    x, y = grey[0]
+    assert x.shape == (1, 16, 16) and torch.allclose(x, torch.full_like(x, -0.286 / 0.353))
+    # ImageNet needs its 1000 classes
+    with pytest.raises(DatasetError, match='1000'):
+        datasets.build_dataset(False, Namespace(**{**vars(args), 'data_set': 'IMNET'}))
+    # both splits must have the same classes
+    os.makedirs(os.path.join(root, 'val', 'fox'))
+    Image.new('RGB', (8, 8)).save(os.path.join(root, 'val', 'fox', 'a.png'))
+    with pytest.raises(DatasetError, match='differ'):
+        datasets.build_dataset(True, args)
+
+
+def test_folder_errors_name_paths(tmp_path):
+    with pytest.raises(DatasetError, match='does not exist'):
+        datasets.build_folder_dataset(str(tmp_path / 'missing'), data_args())
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(DatasetError, match='class'):
+        datasets.build_folder_dataset(str(tmp_path / 'empty'), data_args())
+    with pytest.raises(DatasetError, match='--data-path'):
+        datasets.build_dataset(True, data_args(data_set='IMNET'))
+    root = make_folder(tmp_path / 'ds', per_class=1)
+    bad = os.path.join(root, 'val', 'dog', 'broken.jpg')
+    with open(bad, 'wb') as f:
+        f.write(b'\xff\xd8 not really a jpeg')
+    ds = datasets.build_folder_dataset(os.path.join(root, 'val'), data_args())
+    idx = [i for i, (p, _) in enumerate(ds.samples) if p == bad][0]
+    with pytest.raises(UnreadableImageError, match='broken.jpg'):
+        ds[idx]
+    assert [p for p, _ in unreadable_images(root)] == [bad]

@@ -1,0 +1,291 @@
+"""main.py / engine.py: short end-to-end runs (AbSViT and ViT), config files and recipes, --eval with
+release-format checkpoints, --finetune, and every failure behaviour of the pipeline."""
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import engine
+import losses
+import main
+import models
+from misc import UserError
+from test_pipeline_helpers import QUICK, make_folder_dataset, needs_fmnist, read_log, run_main
+
+ZOO = sorted(n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith('models.'))
+
+
+def cli(*argv):
+    return main.cli([str(a) for a in argv])
+
+
+# ------------------------------------------------------------------------------------------------
+# End-to-end runs.
+
+@needs_fmnist
+@pytest.mark.slow
+def test_absvit_end_to_end_with_config_file(tmp_path):
+    out = tmp_path / 'run'
+    cfg = tmp_path / 'quick.yaml'
+    cfg.write_text(f'model: absvit_micro_patch4_28_gap\nepochs: 1\ntrain-limit: 256\nval_limit: 128\n'
+                   f'batch_size: 64\noutput_dir: {out}\n')
+    r = run_main('--config', cfg, '--batch-size', 32, '--no-progress')
+    assert r.returncode == 0, r.stderr
+    assert 'world size 1' in r.stdout
+    (rec,) = read_log(out)
+    assert rec['epoch'] == 0 and rec['world_size'] == 1 and rec['test_n'] == 128
+    for key in ('train_loss', 'train_sup_loss', 'train_var_loss', 'train_lr', 'test_acc1', 'test_acc5', 'test_loss'):
+        assert isinstance(rec[key], float), key
+    # the command line (batch 32) beat the config (64): 256 / 32 = 8 steps
+    args = (out / 'args.yaml').read_text()
+    assert 'batch_size: 32' in args and 'epochs: 1' in args
+    ckpt = torch.load(out / 'checkpoint.pth', map_location='cpu', weights_only=True)
+    assert {'model', 'optimizer', 'lr_scheduler', 'epoch', 'rng', 'args'} <= set(ckpt) and ckpt['epoch'] == 0
+    for name in ('checkpoint.pth', 'best_model.pth'):
+        model = timm.create_model('absvit_micro_patch4_28_gap')
+        assert "'model'" in models.load_weights(model, str(out / name))
+    assert any(p.name.startswith('events.out.tfevents') for p in (out / 'tensorboard').iterdir())
+    assert not list(out.glob('.*.tmp'))
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_vit_with_ema_mixup_then_eval_ema(tmp_path, capsys):
+    out = tmp_path / 'vit'
+    rc = cli('--model', 'vit_micro_patch4_28_gap', *QUICK, '--output_dir', out, '--model-ema',
+             '--model-ema-decay', 0.9, '--model-ema-eval', '--mixup', 0.8, '--cutmix', 1.0, '--smoothing', 0.1,
+             '--reprob', 0.25, '--drop-path', 0.1, '--repeated-aug')
+    assert rc == 0, capsys.readouterr().err
+    (rec,) = read_log(out)
+    assert 'train_var_loss' not in rec and 'test_ema_acc1' in rec
+    model = timm.create_model('vit_micro_patch4_28_gap')
+    assert "'model_ema'" in models.load_weights(model, str(out / 'checkpoint.pth'), use_ema=True)
+
+    rc = cli('--model', 'vit_micro_patch4_28_gap', '--eval', '--resume', out / 'checkpoint.pth', '--eval-ema',
+             '--val-limit', 128, '--batch-size', 32, '--output_dir', out, '--no-progress')
+    assert rc == 0, capsys.readouterr().err
+    ev = read_log(out)[-1]
+    assert ev['mode'] == 'eval' and "'model_ema'" in ev['weights']
+    assert ev['test_acc1'] == pytest.approx(rec['test_ema_acc1']) and ev['test_n'] == 128
+    assert "'model_ema' weights" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# Arguments.
+
+def test_recipes_config_file_and_command_line_precedence(tmp_path):
+    a = main.parse_args([])
+    assert (a.data_set, a.model, a.mixup, a.model_ema, a.aa) == ('FMNIST', 'absvit_micro_patch4_28_gap', 0.0, False,
+                                                                 'none')
+    b = main.parse_args(['--data-set', 'IMNET'])
+    assert (b.opt, b.lr, b.lr_base_size, b.weight_decay, b.sched, b.warmup_epochs, b.epochs, b.drop_path) == \
+        ('adamw', 5e-4, 512, 0.05, 'cosine', 5, 300, 0.1)
+    assert (b.aa, b.color_jitter, b.reprob, b.mixup, b.cutmix, b.smoothing) == \
+        ('rand-m9-mstd0.5-inc1', 0.4, 0.25, 0.8, 1.0, 0.1)
+    assert b.repeated_aug and b.model_ema and b.model_ema_decay == 0.99996 and b.clip_grad is None
+    assert main.parse_args(['--data-set', 'IMNET', '--no-model-ema', '--drop-path', '0.2']).model_ema is False
+
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text('data_set: IMNET\nepochs: 7\nbatch-size: 16\nlr: "1e-3"\nmixup: 0.0\nmodel_ema: false\n')
+    c = main.parse_args(['--config', str(cfg), '--epochs', '2'])
+    assert (c.data_set, c.epochs, c.batch_size, c.lr, c.mixup, c.model_ema, c.cutmix) == \
+        ('IMNET', 2, 16, 1e-3, 0.0, False, 1.0)
+
+    cfg.write_text('batch_szie: 3\n')
+    with pytest.raises(UserError, match="unknown key 'batch_szie'.*batch_size"):
+        main.parse_args(['--config', str(cfg)])
+    cfg.write_text('data_set: CIFAR\n')
+    with pytest.raises(UserError, match='not one of'):
+        main.parse_args(['--config', str(cfg)])
+    with pytest.raises(UserError, match='not found'):
+        main.parse_args(['--config', str(tmp_path / 'nope.yaml')])
+
+
+def test_shipped_configs_parse():
+    configs = Path(main.__file__).parent / 'configs'
+    for cfg in sorted(configs.glob('*.yaml')):
+        args = main.parse_args(['--config', str(cfg)])
+        assert args.model in timm.list_models(), cfg
+    # the default job's config spells out exactly what `python main.py` does
+    default = vars(main.parse_args(['--config', str(configs / 'default_fmnist.yaml')]))
+    bare = vars(main.parse_args([]))
+    assert {k: v for k, v in default.items() if k != 'config'} == {k: v for k, v in bare.items() if k != 'config'}
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation of release checkpoints, fine-tuning.
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ZOO + ['vit_tiny_patch16_224'])
+def test_eval_release_format_checkpoint(name, tmp_path, monkeypatch):
+    """A checkpoint as the reference release writes it ({'model', 'args': Namespace, ...}) evaluates with
+    --eval --resume, and what is evaluated are exactly its weights."""
+    root = make_folder_dataset(tmp_path / 'data', classes=('cat', 'dog'), per_class=1, splits=('val',))
+    torch.manual_seed(123)
+    ref = timm.create_model(name, num_classes=2).state_dict()
+    ckpt = tmp_path / 'release.pth'
+    torch.save({'model': ref, 'epoch': 299, 'args': argparse.Namespace(model=name, lr=5e-4)}, ckpt)
+    evaluated = []
+    real_evaluate = engine.evaluate
+
+    def spy(loader, model, *a, **kw):
+        evaluated.append(model)
+        return real_evaluate(loader, model, *a, **kw)
+
+    monkeypatch.setattr(engine, 'evaluate', spy)
+    args = main.parse_args(['--data-set', 'FOLDER', '--data-path', root, '--model', name, '--eval', '--resume',
+                            str(ckpt), '--batch-size', '2', '--num_workers', '0', '--output_dir', str(tmp_path / 'o'),
+                            '--no-progress'])
+    result = main.run(args)
+    assert result['test']['n'] == 2 and "'model' weights" in result['weights']
+    assert 0 <= result['test']['acc1'] <= 100 and result['test']['loss'] > 0
+    (model,) = evaluated
+    sd = model.state_dict()
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
+    assert read_log(tmp_path / 'o')[-1]['mode'] == 'eval'
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_finetune_resamples_pos_embed_and_drops_head(tmp_path, capsys):
+    src = timm.create_model('vit_micro_patch4_28_gap', num_classes=5)
+    ckpt = tmp_path / 'vit5.pth'
+    torch.save({'model': src.state_dict()}, ckpt)
+    out = tmp_path / 'ft'
+    rc = cli('--model', 'absvit_micro_patch4_28_gap', '--finetune', ckpt, '--input-size', 32, *QUICK,
+             '--lr', 0, '--warmup-lr', 0, '--min-lr', 0, '--output_dir', out)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert 'resampled pos_embed' in captured.out and 'dropped classifier head.weight' in captured.out
+    assert 'prompt' in captured.out and 'decoders.0.linear.weight' in captured.out
+    sd = torch.load(out / 'checkpoint.pth', weights_only=True)['model']
+    assert sd['pos_embed'].shape == (1, 1 + 8 * 8, 64) and sd['head.weight'].shape == (10, 64)
+    assert torch.equal(sd['blocks.2.mlp.fc1.weight'], src.state_dict()['blocks.2.mlp.fc1.weight'])  # lr 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Failure behaviour: one clear message, exit status 1, no traceback.
+
+def _error(capsys):
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    return err
+
+
+def test_unknown_model_lists_close_matches(capsys):
+    assert cli('--model', 'absvit_smal_patch16_224', '--output_dir', '') == 1
+    err = _error(capsys)
+    assert "unknown model 'absvit_smal_patch16_224'" in err and 'absvit_small_patch16_224' in err
+    assert cli('--model', 'vit_micro_patch4_28_gap', '--td-mode', 'qkv', '--output_dir', '') == 1
+    assert '--td-mode applies to top-down' in _error(capsys)
+
+
+def test_td_mode_reaches_the_model():
+    args = main.parse_args(['--td-mode', 'feedback'])
+    model = main.create_model(args, 10)
+    assert model.td_mode == 'feedback' and model.prompt is None
+    assert main.create_model(main.parse_args([]), 10).td_mode == 'abs'
+
+
+@needs_fmnist
+def test_batch_size_larger_than_dataset(capsys):
+    assert cli('--train-limit', 20, '--batch-size', 32, '--val-limit', 8, '--output_dir', '', '--no-progress') == 1
+    assert '--batch-size 32 is larger than the 20 training samples' in _error(capsys)
+
+
+def test_missing_dataset(tmp_path, capsys):
+    assert cli('--data-path', tmp_path / 'nothing', '--output_dir', '') == 1
+    assert 'apt-get install dataset-fashion-mnist' in _error(capsys)
+    assert cli('--data-set', 'IMNET', '--output_dir', '') == 1
+    assert 'needs --data-path' in _error(capsys)
+
+
+@pytest.mark.slow
+def test_unreadable_image_names_its_path(tmp_path, capsys):
+    root = make_folder_dataset(tmp_path / 'data', per_class=1)
+    bad = Path(root) / 'train' / 'dog' / 'broken.jpg'
+    bad.write_bytes(b'\xff\xd8 not a jpeg at all')
+    rc = cli('--data-set', 'FOLDER', '--data-path', root, '--model', 'vit_micro_patch4_28_gap', '--epochs', 1,
+             '--batch-size', 2, '--num_workers', 1, '--aa', 'none', '--mixup', 0, '--cutmix', 0,
+             '--no-repeated-aug', '--no-model-ema', '--output_dir', '', '--no-progress')
+    assert rc == 1
+    err = _error(capsys)
+    assert f'cannot read image file {bad}' in err and err.count('\n') == 1
+
+
+def test_checkpoint_for_another_model(tmp_path, capsys):
+    ckpt = tmp_path / 'vit.pth'
+    torch.save({'model': timm.create_model('vit_micro_patch4_28_gap').state_dict()}, ckpt)
+    assert cli('--model', 'absvit_micro_patch4_28_gap', '--eval', '--resume', ckpt, '--val-limit', 8,
+               '--output_dir', '', '--no-progress') == 1
+    err = _error(capsys)
+    assert 'does not match AbSViT' in err and 'missing' in err and 'prompt' in err
+    torch.save({'model': timm.create_model('absvit_micro_patch4_28_gap', embed_dim=32, num_heads=2).state_dict()},
+               ckpt)
+    assert cli('--eval', '--resume', ckpt, '--val-limit', 8, '--output_dir', '', '--no-progress') == 1
+    assert 'wrong shape' in _error(capsys)
+    assert cli('--eval', '--resume', tmp_path / 'none.pth', '--output_dir', '') == 1
+    assert 'checkpoint not found' in _error(capsys)
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    class Poisoned(nn.Module):
+        """The real criterion, returning NaN from its 9th call on (epoch 2, step 1)."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+            self.model_kwargs = inner.model_kwargs
+
+        def forward(self, output, target):
+            self.calls += 1
+            loss = self.inner(output, target)
+            return loss * float('nan') if self.calls > 8 else loss
+
+    build = losses.build_criterion
+    monkeypatch.setattr(losses, 'build_criterion', lambda *a, **k: Poisoned(build(*a, **k)))
+    out = tmp_path / 'nan'
+    rc = cli('--model', 'vit_micro_patch4_28_gap', '--epochs', 2, '--train-limit', 256, '--batch-size', 32,
+             '--val-limit', 32, '--output_dir', out, '--no-progress')
+    assert rc == 1
+    err = _error(capsys)
+    assert 'loss is nan at epoch 2, step 1/8' in err and 'intact' in err and str(out / 'checkpoint.pth') in err
+    ckpt = torch.load(out / 'checkpoint.pth', weights_only=True)
+    assert ckpt['epoch'] == 0 and all(torch.isfinite(v).all() for v in ckpt['model'].values())
+    assert len(read_log(out)) == 1 and not list(out.glob('.*.tmp'))
+
+
+# ------------------------------------------------------------------------------------------------
+# engine.evaluate options used by the robustness evaluation.
+
+def test_evaluate_class_mask_and_attack():
+    torch.manual_seed(0)
+    net = nn.Linear(4, 6)
+    x = torch.randn(10, 4)
+    mask = torch.tensor([1, 3, 5])
+    y = net(x).detach()[:, mask].argmax(1)
+    y[:3] = (y[:3] + 1) % 3  # three wrong on purpose
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    stats = engine.evaluate(loader, net, torch.device('cpu'), class_mask=mask, progress=False)
+    assert stats['n'] == 10 and stats['acc1'] == pytest.approx(70.0) and stats['acc5'] == pytest.approx(100.0)
+    expected = nn.functional.cross_entropy(net(x)[:, mask], y).item()
+    assert stats['loss'] == pytest.approx(expected, rel=1e-5)
+
+    calls = []
+
+    def attack(model, images, targets):
+        calls.append((torch.is_grad_enabled(), model.training, len(images)))
+        return torch.zeros_like(images)
+
+    net.train()
+    stats = engine.evaluate(loader, net, torch.device('cpu'), attack=attack, progress=False)
+    assert calls == [(True, False, 4), (True, False, 4), (True, False, 2)] and net.training
+    zero_pred = net(torch.zeros(1, 4)).argmax(1).item()
+    assert stats['acc1'] == pytest.approx(100 * (y == zero_pred).float().mean().item())
