@@ -4,7 +4,6 @@ Nothing here depends on the model's name or kind: the model is called as
 ``model(images, **criterion.model_kwargs)`` and the criterion decides how to use what it returns
 (see ``losses.py``).
 """
-import math
 import sys
 import time
 from contextlib import nullcontext
@@ -28,6 +27,8 @@ def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside torch.compile and DDP wrappers."""
+    model = getattr(model, '_orig_mod', model)
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
@@ -38,25 +39,36 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
                 mininterval=1.0 if tty else 30.0, smoothing=0.1)
 
 
+def _default_check_every(device: torch.device, log_every: int) -> int:
+    """How often the loss is read on the host: every step on CPU (reading costs nothing there, and a bad
+    step is then caught before it updates the weights), every ``log_every`` steps on an accelerator
+    (each read waits for the device to finish, so reading every step would starve it)."""
+    return 1 if device.type == 'cpu' else max(1, int(log_every))
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable,
                     optimizer: torch.optim.Optimizer, device: torch.device, epoch: int, *,
                     num_epochs: Optional[int] = None, lr_scheduler=None, sched_on_updates: bool = False,
                     amp_dtype: Optional[torch.dtype] = None, loss_scaler=None, clip_grad: Optional[float] = None,
                     model_ema=None, mixup_fn: Optional[Callable] = None, tb_writer=None, log_every: int = 50,
-                    progress: bool = True, set_training_mode: bool = True) -> Dict[str, float]:
+                    check_every: Optional[int] = None, progress: bool = True,
+                    set_training_mode: bool = True) -> Dict[str, float]:
     """Train for one pass over ``data_loader``; returns averages over this process's steps.
 
-    Raises ``misc.NonFiniteLossError`` (on every rank) as soon as a loss is NaN/inf, before the
-    optimizer step, so weights and checkpoints stay those of the last good step.
+    Losses stay on the device and are read on the host only every ``check_every`` steps and at the end
+    of the epoch (default: every step on CPU, every ``log_every`` steps elsewhere), so the hot loop has no
+    host syncs. A NaN/inf loss raises ``misc.NonFiniteLossError`` on every rank at the next read, naming
+    the first bad step, before anything is checkpointed: checkpoints stay those of the last good epoch.
     """
     model.train(set_training_mode)
     model_kwargs = getattr(criterion, 'model_kwargs', {}) or {}
+    check_every = check_every or _default_check_every(device, log_every)
     steps = len(data_loader)
     first_update = epoch * steps
-    sums: Dict[str, float] = {}
-    n_seen = 0
     desc = f'Epoch {epoch + 1}' + (f'/{num_epochs}' if num_epochs else '')
     bar = _progress(data_loader, steps, desc, progress)
+    tracker = _LossTracker(device, epoch, steps)
+    n_seen = 0
     start = time.time()
     for i, (images, targets) in enumerate(bar):
         images = images.to(device, non_blocking=True)
@@ -67,15 +79,12 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         with autocast(device, amp_dtype):
             output = model(images, **model_kwargs)
             loss = criterion(output, targets)
-
-        loss_value = loss.item()
-        finite = torch.tensor([1.0 if math.isfinite(loss_value) else 0.0], device=device)
-        if misc.is_dist():  # every rank stops together, or the others would wait forever
-            misc.all_reduce_sum(finite)
-        if finite.item() < misc.get_world_size():
-            raise misc.NonFiniteLossError(
-                f'loss is {loss_value} at epoch {epoch + 1}, step {i + 1}/{steps} (on at least one process); '
-                'stopping. Lower --lr, set --clip-grad, or use --amp bf16 instead of fp16.')
+        tracker.add(i, loss, getattr(criterion, 'last_terms', {}))
+        last = i == steps - 1
+        if (i + 1) % check_every == 0 or last:
+            means = tracker.check()  # host read; raises before the step if this step's loss is bad
+        else:
+            means = None
 
         optimizer.zero_grad(set_to_none=True)
         if loss_scaler is not None:  # fp16: scaled backward, unscale before clipping
@@ -96,23 +105,19 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         num_updates = first_update + i + 1
         if lr_scheduler is not None and sched_on_updates:
             lr_scheduler.step_update(num_updates=num_updates)
+        n_seen += images.shape[0]
 
-        bs = images.shape[0]
-        n_seen += bs
-        terms = {'loss': loss_value, **{k: v.item() for k, v in getattr(criterion, 'last_terms', {}).items()}}
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v
-        lr = optimizer.param_groups[0]['lr']
-        if misc.is_main_process():
+        if means is not None and misc.is_main_process():
+            lr = optimizer.param_groups[0]['lr']
             if bar.disable is False:
-                bar.set_postfix(loss=f'{loss_value:.4f}', lr=f'{lr:.2e}', refresh=False)
-            if tb_writer is not None and (num_updates % log_every == 0 or i == steps - 1):
-                for k, v in terms.items():
+                bar.set_postfix(loss=f'{means["loss"]:.4f}', lr=f'{lr:.2e}', refresh=False)
+            if tb_writer is not None and (num_updates % log_every == 0 or last or check_every > 1):
+                for k, v in means.items():  # check_every > 1: means over the steps since the last read
                     tb_writer.add_scalar(f'train/{k}', v, num_updates)
                 tb_writer.add_scalar('train/lr', lr, num_updates)
     bar.close()
     elapsed = time.time() - start
-    stats = {k: v / max(steps, 1) for k, v in sums.items()}
+    stats = tracker.epoch_means()
     stats['lr'] = optimizer.param_groups[0]['lr']
     stats['time'] = elapsed
     stats['img_per_sec'] = n_seen * misc.get_world_size() / max(elapsed, 1e-9)
@@ -122,6 +127,63 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         t = misc.all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device))
         stats.update({k: v / misc.get_world_size() for k, v in zip(keys, t.tolist())})
     return stats
+
+
+class _LossTracker:
+    """Running sums of the loss and its logged terms, kept on the device.
+
+    ``add`` is asynchronous: it records, without reading anything back, the sums and the first step
+    whose loss is NaN/inf. ``check`` reads them (one host sync; across processes, one all-reduce so
+    that every rank stops together), raises ``NonFiniteLossError`` for a bad step, and returns the means
+    since the previous check for logging.
+    """
+
+    def __init__(self, device: torch.device, epoch: int, steps: int):
+        self.device, self.epoch, self.steps = device, epoch, steps
+        self.keys = None
+        self.window = None   # sums since the last check
+        self.total = None    # sums over the epoch (finite steps only get here: a bad one raises first)
+        self.count = 0       # steps since the last check
+        self.steps_done = 0  # steps summed into total
+        self.first_bad = torch.full((), steps, dtype=torch.long, device=device)
+        self.bad_value = torch.zeros((), device=device)
+
+    def add(self, step: int, loss: torch.Tensor, terms: Dict[str, torch.Tensor]) -> None:
+        values = torch.stack([loss.detach().float().reshape(())]
+                             + [v.detach().float().reshape(()) for v in terms.values()])
+        if self.keys is None:
+            self.keys = ['loss'] + list(terms)
+            self.window = torch.zeros_like(values)
+            self.total = torch.zeros_like(values)
+        self.window += values
+        bad = ~torch.isfinite(values[0]) & (self.first_bad == self.steps)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.bad_value = torch.where(bad, values[0], self.bad_value)
+        self.count += 1
+
+    def check(self) -> Dict[str, float]:
+        first_bad = self.first_bad.clone()
+        if misc.is_dist():  # the earliest bad step on any process; all ranks stop together
+            first_bad = misc.all_reduce_min(first_bad)
+        first_bad = int(first_bad)
+        if first_bad < self.steps:
+            local = int(self.first_bad) == first_bad
+            value = float(self.bad_value) if local else float('nan')
+            raise misc.NonFiniteLossError(
+                f'loss is {value if local else "non-finite"} at epoch {self.epoch + 1}, step {first_bad + 1}/'
+                f'{self.steps} (on at least one process); stopping. Lower --lr, set --clip-grad, or use '
+                '--amp bf16 instead of fp16.')
+        window = self.window.tolist()
+        self.total += self.window
+        self.window.zero_()
+        n, self.count = self.count, 0
+        self.steps_done += n
+        return {k: v / max(n, 1) for k, v in zip(self.keys, window)}
+
+    def epoch_means(self) -> Dict[str, float]:
+        if self.keys is None:
+            return {}
+        return {k: v / max(self.steps_done, 1) for k, v in zip(self.keys, self.total.tolist())}
 
 
 def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp_dtype: Optional[torch.dtype] = None,

@@ -11,10 +11,31 @@ Precedence of settings: command line > ``--config FILE.yaml`` > the recipe of ``
 """
 import os
 
-# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a small or shared CPU machine,
-# spinning threads take the cores the working ones need (training on 2 busy cores ran 3-5x slower with the
-# default policy). Export OMP_WAIT_POLICY=ACTIVE to get the default back.
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+# Before torch loads OpenMP: on a CPU that other programs keep busy, idle OpenMP threads must sleep rather than
+# spin, or they take the cores the working threads need (the default job ran 3-10x slower on 2 busy cores). On a
+# quiet machine spinning is faster (about 25% for the default job), so it stays. OMP_WAIT_POLICY in the environment
+# always wins.
+
+
+def _cpu_busy(interval: float = 0.25, threshold: float = 0.25) -> bool:
+    """Whether other programs use more than ``threshold`` of the CPU right now (Linux /proc/stat; else False)."""
+    def sample():
+        with open('/proc/stat') as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+    try:
+        import time as _time
+        total0, idle0 = sample()
+        _time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return False
+    return total1 > total0 and 1 - (idle1 - idle0) / (total1 - total0) > threshold
+
+
+_BUSY_CPU = 'OMP_WAIT_POLICY' not in os.environ and __name__ == '__main__' and _cpu_busy()
+if _BUSY_CPU:
+    os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
 
 import argparse
 import logging
@@ -63,9 +84,10 @@ IMAGENET_RECIPE: Dict[str, Any] = dict(
     num_workers=10,
 )
 #: The default job: a 4-block, 64-wide AbSViT on Fashion-MNIST, on a 2-core CPU in under 10 minutes. Tuned for
-#: that budget (4 epochs): no augmentation (the model underfits in 4 epochs), label smoothing 0.1, a short warm-up.
+#: that budget (3 epochs, about 7.5 min): no augmentation (the model underfits), label smoothing 0.1, a short
+#: warm-up. 4 epochs reach 87% but take 10 minutes.
 FMNIST_RECIPE: Dict[str, Any] = dict(
-    model='absvit_micro_patch4_28_gap', batch_size=64, epochs=4,
+    model='absvit_micro_patch4_28_gap', batch_size=64, epochs=3,
     opt='adamw', lr=1.6e-2, weight_decay=0.05, sched='cosine', sched_on_updates=True,  # lr 2e-3 at batch 64
     warmup_epochs=0.25, warmup_lr=1e-6, min_lr=1e-5,
     drop_path=0.0, smoothing=0.1, mixup=0.0, cutmix=0.0,
@@ -111,7 +133,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help='torch CPU threads per process (default: torch\'s; cores / processes under torchrun)')
     g.add_argument('--no-progress', dest='progress', action='store_false', default=True,
                    help='no progress bar')
-    g.add_argument('--log-every', type=int, default=50, help='TensorBoard step logging interval')
+    g.add_argument('--log-every', type=int, default=50,
+                   help='TensorBoard step logging interval; on a GPU also how often the loss is read back to the '
+                        'host and checked for NaN/inf (on CPU: every step)')
 
     g = p.add_argument_group('model')
     g.add_argument('--model', default=None, help=f'timm model name {R}')
@@ -123,6 +147,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--drop-path', type=float, default=None, help=f'drop path rate {R}')
     g.add_argument('--var-loss', type=float, default=0.1, help='weight of the variational loss (top-down models)')
     g.add_argument('--find-unused-parameters', action='store_true', help='DDP option for models that need it')
+
+    g = p.add_argument_group('speed (each verified equal to the plain path in tests/test_fast_paths.py)')
+    g.add_argument('--compile', action='store_true',
+                   help='torch.compile the model (first steps are slow while it compiles; checkpoints are unchanged)')
+    g.add_argument('--compile-backend', default='inductor', help='torch.compile backend')
+    g.add_argument('--compile-mode', default=None, help="torch.compile mode, e.g. 'max-autotune'")
+    g.add_argument('--grad-checkpointing', action='store_true',
+                   help='recompute block activations in backward: less memory, about 20%% more time')
+    g.add_argument('--fused-opt', default='auto', choices=['auto', 'on', 'off'],
+                   help='fused (single-kernel) Adam/AdamW step; auto: on for adam/adamw on CUDA')
 
     g = p.add_argument_group('EMA')
     g.add_argument('--model-ema', dest='model_ema', action='store_true', default=None, help=f'keep an EMA {R}')
@@ -340,6 +374,15 @@ def build_loaders(args, device):
 # ------------------------------------------------------------------------------------------------
 # Checkpoints.
 
+def _use_fused_optimizer(choice: str, opt: str, device: torch.device) -> bool:
+    """Whether to ask for torch's fused Adam/AdamW: ``on``/``off`` as said; ``auto``: on CUDA for adam/adamw."""
+    fusable = opt.lower() in ('adam', 'adamw')
+    if choice == 'on' and not fusable:
+        raise UserError(f'--fused-opt on: there is no fused version of --opt {opt}; use adam or adamw, '
+                        'or --fused-opt off')
+    return choice == 'on' or (choice == 'auto' and fusable and device.type == 'cuda')
+
+
 def load_resume(path: str, model: nn.Module, use_ema: bool = False):
     """Load the checkpoint at ``path`` into ``model`` (strict, clear errors); returns (checkpoint, which)."""
     if not os.path.isfile(path):
@@ -412,7 +455,8 @@ def run(args) -> Dict[str, Any]:
                  f'{"top-down" if getattr(model, "is_top_down", False) else "bottom-up"}) on {args.data_set} '
                  f'({num_classes} classes, {args.input_size}px, {args.in_chans} channel(s)); device {device}, '
                  f'world size {world}' + (f' ({args.dist_backend})' if args.distributed else '')
-                 + f', amp {amp_name}, {torch.get_num_threads()} thread(s) per process')
+                 + f', amp {amp_name}, {torch.get_num_threads()} thread(s) per process'
+                 + (' (busy CPU: OMP_WAIT_POLICY=PASSIVE)' if _BUSY_CPU and device.type == 'cpu' else ''))
 
     loader_train, loader_val, dataset_train, dataset_val = build_loaders(args, device)
     _logger.info(f'data: {len(dataset_train) if dataset_train is not None else 0} train / {len(dataset_val)} eval '
@@ -430,10 +474,18 @@ def run(args) -> Dict[str, Any]:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
                                device=torch.device('cpu') if args.model_ema_force_cpu else None)
 
+    if args.grad_checkpointing:
+        if not hasattr(model, 'set_grad_checkpointing'):
+            raise UserError(f'--grad-checkpointing: {args.model} has no set_grad_checkpointing(); '
+                            'drop the flag for this model')
+        model.set_grad_checkpointing(True)
+
     model_without_ddp = model
     if args.distributed:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
                                         find_unused_parameters=args.find_unused_parameters)
+    if args.compile:  # wraps the DDP model; checkpoints use model_without_ddp, so keys stay plain
+        model = torch.compile(model, backend=args.compile_backend, mode=args.compile_mode)
 
     tb_writer = None
     try:
@@ -447,6 +499,9 @@ def run(args) -> Dict[str, Any]:
             opt_kwargs['eps'] = args.opt_eps
         if args.opt_betas is not None:
             opt_kwargs['betas'] = tuple(args.opt_betas)
+        fused = _use_fused_optimizer(args.fused_opt, args.opt, device)
+        if fused:
+            opt_kwargs['fused'] = True
         optimizer = create_optimizer_v2(model_without_ddp, opt=args.opt, lr=args.lr_effective,
                                         weight_decay=args.weight_decay, momentum=args.momentum, **opt_kwargs)
         updates_per_epoch = len(loader_train)
@@ -466,11 +521,13 @@ def run(args) -> Dict[str, Any]:
                              prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                              label_smoothing=args.smoothing, num_classes=num_classes)
         criterion = losses.build_criterion(args, model_without_ddp, mixup_active)
-        _logger.info(f'criterion: {criterion}; optimizer {args.opt}, lr {args.lr_effective:.3g} '
+        _logger.info(f'criterion: {criterion}; optimizer {args.opt}{" (fused)" if fused else ""}, lr {args.lr_effective:.3g} '
                      f'(= {args.lr:g} x {global_batch} / {args.lr_base_size}), weight decay {args.weight_decay}, '
                      f'{args.sched} schedule over {args.epochs} epochs ({updates_per_epoch} steps each, '
                      f'{args.warmup_epochs} warm-up), EMA {"on" if model_ema else "off"}, '
-                     f'mixup {"on" if mixup_fn else "off"}, repeated aug {"on" if args.repeated_aug else "off"}')
+                     f'mixup {"on" if mixup_fn else "off"}, repeated aug {"on" if args.repeated_aug else "off"}'
+                     + (f'; torch.compile ({args.compile_backend})' if args.compile else '')
+                     + ('; grad checkpointing' if args.grad_checkpointing else ''))
 
         start_epoch, max_accuracy = 0, 0.0
         rng_state = None

@@ -72,6 +72,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    """Minimum of a tensor over all processes (in place; returns it)."""
+    if is_dist():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
 def init_distributed(args) -> torch.device:
     """Start the process group when launched by torchrun; set ``args.distributed``, ``rank``,
     ``world_size``, ``local_rank``, and return the device for this process.

@@ -289,3 +289,105 @@ def test_evaluate_class_mask_and_attack():
     assert calls == [(True, False, 4), (True, False, 4), (True, False, 2)] and net.training
     zero_pred = net(torch.zeros(1, 4)).argmax(1).item()
     assert stats['acc1'] == pytest.approx(100 * (y == zero_pred).float().mean().item())
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_speed_flags_train_the_same_weights(tmp_path, capsys):
+    """--compile (aot_eager here: the graphs inductor would compile, without C++ code generation),
+    --grad-checkpointing and the fused AdamW give the weights of the plain run."""
+    plain, fast = tmp_path / 'plain', tmp_path / 'fast'
+    common = ['--model', 'absvit_micro_patch4_28_gap', *QUICK, '--train-limit', 128]
+    assert cli(*common, '--output_dir', plain) == 0
+    assert cli(*common, '--output_dir', fast, '--compile', '--compile-backend', 'aot_eager',
+               '--grad-checkpointing', '--fused-opt', 'on') == 0
+    out = capsys.readouterr()
+    assert 'adamw (fused)' in out.out + out.err and 'torch.compile (aot_eager)' in out.out + out.err
+    a = torch.load(plain / 'checkpoint.pth', weights_only=True)['model']
+    b = torch.load(fast / 'checkpoint.pth', weights_only=True)['model']
+    assert a.keys() == b.keys()  # no _orig_mod. prefixes from torch.compile
+    for k in a:
+        assert (a[k] - b[k]).abs().max() <= 1e-4 * a[k].abs().max().clamp_min(1.0), k
+    assert abs(read_log(plain)[0]['test_acc1'] - read_log(fast)[0]['test_acc1']) <= 100 / 128  # <= 1 image
+
+
+@needs_fmnist
+def test_fused_opt_on_for_an_optimizer_without_one(capsys):
+    assert cli('--model', 'vit_micro_patch4_28_gap', '--opt', 'sgd', '--fused-opt', 'on', *QUICK,
+               '--output_dir', '') == 1
+    assert 'no fused version of --opt sgd' in _error(capsys)
+
+
+# -------------------------------------------------------------------------------------------------
+# the engine reads losses back to the host only every ``check_every`` steps
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts reads of a tensor value by the host (``.item()``, ``float(t)``, ``bool(t)``, ``.tolist()``
+    all dispatch to ``aten._local_scalar_dense``): on a GPU each one is a device sync."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _tiny_training(n_batches=12, poison_at=None):
+    torch.manual_seed(0)
+    model = timm.create_model('vit_micro_patch4_28_gap', num_classes=3, embed_dim=16, depth=1, num_heads=2)
+    criterion = losses.build_criterion(argparse.Namespace(smoothing=0.1), model, False)
+    if poison_at is not None:
+        inner, calls = criterion, [0]
+
+        class Poisoned(nn.Module):
+            model_kwargs = {}
+            last_terms = {}
+
+            def forward(self, output, target):
+                calls[0] += 1
+                loss = inner(output, target)
+                return loss * float('nan') if calls[0] == poison_at + 1 else loss
+        criterion = Poisoned()
+    x, y = torch.randn(4 * n_batches, 1, 28, 28), torch.randint(0, 3, (4 * n_batches,))
+    # the batches as a list: a DataLoader iterator reads one seed from the host generator when it starts
+    loader = list(DataLoader(TensorDataset(x, y), batch_size=4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # SGD: reads nothing back itself
+    return model, criterion, loader, optimizer
+
+
+def test_train_epoch_reads_losses_back_only_every_check_every_steps():
+    stats = {}
+    for every in (1, 5):
+        model, criterion, loader, optimizer = _tiny_training()
+        with _HostReads() as mode:
+            stats[every] = engine.train_one_epoch(model, criterion, loader, optimizer, torch.device('cpu'), 0,
+                                                  check_every=every, progress=False)
+        checks = -(-len(loader) // every)  # every ``every`` steps and after the last one
+        # one scalar read (the first-bad-step index, the sync point) per check and none in between
+        assert mode.reads == checks, (every, mode.reads)
+    # the same training whatever the reading interval; the means are over all 12 steps
+    assert stats[1]['loss'] == pytest.approx(stats[5]['loss'], rel=1e-6)
+    model, criterion, loader, optimizer = _tiny_training()
+    direct = []
+    for xb, yb in loader:  # an independent loop: the mean of the per-step losses
+        loss = criterion(model(xb), yb)
+        direct.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert stats[5]['loss'] == pytest.approx(sum(direct) / len(direct), rel=1e-6)
+
+
+def test_nonfinite_loss_found_at_the_next_check_names_the_first_bad_step():
+    model, criterion, loader, optimizer = _tiny_training(poison_at=6)  # the 7th step is bad
+    with pytest.raises(engine.misc.NonFiniteLossError, match=r'loss is nan at epoch 1, step 7/12'):
+        engine.train_one_epoch(model, criterion, loader, optimizer, torch.device('cpu'), 0, check_every=5,
+                               progress=False)
+    # check_every=1 (CPU's default) stops before the bad step touches the weights
+    model, criterion, loader, optimizer = _tiny_training(poison_at=6)
+    with pytest.raises(engine.misc.NonFiniteLossError, match='step 7/12'):
+        engine.train_one_epoch(model, criterion, loader, optimizer, torch.device('cpu'), 0, progress=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
