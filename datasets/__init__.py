@@ -20,12 +20,12 @@ from torch.utils.data import Dataset, Subset
 from .errors import DatasetError, UnreadableImageError
 from .fmnist import DEFAULT_ROOT as FMNIST_ROOT, FashionMNIST
 from .folder import SafeImageFolder, count_classes, load_image
-from .transforms import ApplyCorruption, ConvertMode, ToNormalizedTensor, build_eval_transform, build_train_transform, \
-    fit_channels, input_hw
+from .transforms import ApplyCorruption, ConvertMode, build_eval_transform, build_train_transform, fit_channels, \
+    input_hw
 
 __all__ = ['DATASETS', 'DatasetError', 'UnreadableImageError', 'FashionMNIST', 'SafeImageFolder', 'build_dataset',
            'build_eval_transform', 'build_train_transform', 'build_folder_dataset', 'dataset_num_classes',
-           'default_data_path', 'ApplyCorruption', 'ConvertMode', 'ToNormalizedTensor', 'fit_channels', 'input_hw']
+           'default_data_path', 'ApplyCorruption', 'ConvertMode', 'fit_channels', 'input_hw']
 
 DATASETS = ('FMNIST', 'IMNET', 'FOLDER')
 IMAGENET_CLASSES = 1000

@@ -72,19 +72,6 @@ def test_eval_transform_applies_corruption_between_crop_and_normalize():
         datasets.build_dataset(True, args, corruption=invert)
 
 
-def test_fused_to_tensor_equals_torchvision():
-    from torchvision import transforms
-    rng = np.random.default_rng(0)
-    for shape, mean, std in (((28, 28), [0.286], [0.353]), ((9, 7, 3), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])):
-        img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
-        ref = transforms.Normalize(mean, std)(transforms.ToTensor()(img))
-        got = datasets.ToNormalizedTensor(mean, std)(img)
-        assert got.shape == ref.shape and torch.equal(got, ref)
-    ops = datasets.build_train_transform(data_args(reprob=0.25, aa='rand-m9-mstd0.5-inc1')).transforms
-    names = [type(o).__name__ for o in ops]
-    assert 'ToNormalizedTensor' in names and 'Normalize' not in names and names[-1] == 'RandomErasing'
-
-
 def test_fmnist_missing_or_malformed(tmp_path):
     with pytest.raises(DatasetError, match='apt-get install dataset-fashion-mnist'):
         datasets.build_dataset(True, data_args(data_path=str(tmp_path / 'nowhere')))

@@ -391,3 +391,16 @@ def test_nonfinite_loss_found_at_the_next_check_names_the_first_bad_step():
     with pytest.raises(engine.misc.NonFiniteLossError, match='step 7/12'):
         engine.train_one_epoch(model, criterion, loader, optimizer, torch.device('cpu'), 0, progress=False)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_busy_fraction_from_proc_stat_lines():
+    # cpu user nice system idle iowait irq softirq steal: 100 ticks pass, 60 of them idle or iowait
+    before = 'cpu  1000 0 500 8000 100 0 0 0 0 0'
+    after = 'cpu  1030 0 510 8050 110 0 0 0 0 0'
+    assert main._busy_fraction(before, after) == pytest.approx(0.4)
+    assert main._busy_fraction(before, before) == 0.0  # no ticks: not busy
+
+
+def test_unwrap_reaches_the_model_inside_torch_compile():
+    model = nn.Linear(2, 2)
+    assert engine._unwrap(torch.compile(model)) is model and engine._unwrap(model) is model
