@@ -115,8 +115,32 @@ def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
-#: corrections to FlopCounterMode's formulas
-FLOP_FORMULAS = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+def _cpu_flash_attention_flop(query, key, value, *_args, out_shape=None, **_kwargs) -> int:
+    """FLOPs of torch's fused CPU attention kernel, which FlopCounterMode does not know in every torch
+    release (torch 2.14 counts only the CUDA kernels): a model's count then depended on the device it ran
+    on, since on the meta device attention decomposes into matmuls that are counted."""
+    from torch.utils.flop_counter import sdpa_flop_count
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_flash_attention_backward_flop(grad_out, query, key, value, *_args, out_shape=None, **_kwargs) -> int:
+    """Model FLOPs of the attention backward: the gradients of both matmuls, twice the forward, as the meta
+    device's decomposition counts them (torch's formula for the fused kernels adds the recomputed scores)."""
+    from torch.utils.flop_counter import sdpa_flop_count
+    return 2 * sdpa_flop_count(query, key, value)
+
+
+def _flop_formulas() -> dict:
+    """Corrections and additions to FlopCounterMode's formulas (ops missing from this torch are skipped)."""
+    formulas = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+    for name, fn in (('_scaled_dot_product_flash_attention_for_cpu', _cpu_flash_attention_flop),
+                     ('_scaled_dot_product_flash_attention_for_cpu_backward', _cpu_flash_attention_backward_flop)):
+        if hasattr(torch.ops.aten, name):
+            formulas[getattr(torch.ops.aten, name)] = fn
+    return formulas
+
+
+FLOP_FORMULAS = _flop_formulas()
 
 
 def count_flops(model: nn.Module, x: torch.Tensor, train: bool = False,

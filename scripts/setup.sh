@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# One-time setup of a fresh Debian machine: system packages (Fashion-MNIST, ImageMagick for
-# Wand's corruptions) and a project virtual environment in .venv with requirements.txt.
-# Safe to run again: every step is idempotent.
+# One-time setup of a fresh Debian machine: system packages (Fashion-MNIST, ImageMagick for Wand's
+# corruptions) and a project virtual environment in .venv with the exact versions of
+# requirements-lock.txt (the ranges of requirements.txt, pinned to what the test suite passed with).
+# Safe to run again: every step is idempotent, and a changed requirements or lock file reinstalls.
+#   VENV=DIR    another environment folder (default .venv)
+#   CONSTRAINTS=FILE  pip constraints instead of the lock (scripts/check_floors.sh passes the floors)
+#   NO_LOCK=1   resolve requirements.txt afresh instead of the lock (what scripts/refresh_lock.sh does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PIP=("$VENV/bin/pip" install -q --disable-pip-version-check)
+LOCK=${CONSTRAINTS:-requirements-lock.txt}
+CONSTRAINTS=(-c "$LOCK")
+[ "${NO_LOCK:-0}" = 1 ] && CONSTRAINTS=()
 
 need_apt=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
@@ -15,15 +24,40 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ]; then
-  echo "[setup] creating .venv"
-  python3 -m venv .venv
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  python3 -m venv "$VENV"
 fi
-if ! .venv/bin/python -c "import torch, torchvision, timm, wand.image" 2>/dev/null \
-   || [ requirements.txt -nt .venv/.requirements-installed ]; then
-  echo "[setup] pip install -r requirements.txt (first time: about 5 GB, a few minutes)"
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
-  .venv/bin/python -c "import torch, torchvision, timm" 
-  touch .venv/.requirements-installed
+stamp="$VENV/.requirements-installed"
+# imagecorruptions is data for us (its code needs the removed pkg_resources): find it, never import it
+HAVE='import importlib.util as u, torch, torchvision, timm, wand.image; assert u.find_spec("imagecorruptions")'
+if ! "$VENV/bin/python" -c "$HAVE" 2>/dev/null \
+   || [ requirements.txt -nt "$stamp" ] || [ "$LOCK" -nt "$stamp" ] \
+   || [ requirements-nodeps.txt -nt "$stamp" ]; then
+  echo "[setup] pip install -r requirements.txt ${CONSTRAINTS[*]} (first time: about 5 GB, a few minutes)"
+  # pip's note about the local wheel folder's index is noise; real errors still stop the script
+  "${PIP[@]}" -r requirements.txt "${CONSTRAINTS[@]}" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  "${PIP[@]}" --no-deps -r requirements-nodeps.txt "${CONSTRAINTS[@]}" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  "$VENV/bin/python" -c "$HAVE"
+  touch "$stamp"
 fi
-echo "[setup] ready: $(.venv/bin/python -c 'import torch, timm; print("torch", torch.__version__, "timm", timm.__version__)')"
+
+# timm's own model test suite (tests/test_models.py of the installed timm's source release), which
+# tests/test_timm_suite.py runs on the project's models. It is not part of timm's wheel.
+timm_version=$("$VENV/bin/python" -c 'import timm; print(timm.__version__)')
+suite="$VENV/timm-tests/test_models.py"
+if [ ! -f "$suite" ] || [ "$(cat "$VENV/timm-tests/VERSION" 2>/dev/null)" != "$timm_version" ]; then
+  echo "[setup] timm $timm_version's tests/test_models.py (from its source release) -> $suite"
+  tmp=$(mktemp -d)
+  if "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
+       "timm==$timm_version" -d "$tmp" 2>&1 | { grep -v "is ignored: it is neither" || true; } \
+     && tar -xzf "$tmp"/timm-*.tar.gz -C "$tmp" "timm-$timm_version/tests/test_models.py"; then
+    mkdir -p "$VENV/timm-tests"
+    cp "$tmp/timm-$timm_version/tests/test_models.py" "$suite"
+    echo "$timm_version" > "$VENV/timm-tests/VERSION"
+  else
+    echo "[setup] WARNING: could not fetch timm's source release; tests/test_timm_suite.py will skip" >&2
+  fi
+  rm -rf "$tmp"
+fi
+echo "[setup] ready: $("$VENV/bin/python" -c 'import torch, timm; print("torch", torch.__version__, "timm", timm.__version__)')"

@@ -45,9 +45,25 @@ def test_absvit_cost_params_and_gmacs_ratio(size):
     assert 2.4 <= naive_flops / vit_flops <= 2.6
 
 
-def test_flop_count_is_the_same_on_meta_and_cpu():
+@pytest.mark.parametrize('train', [False, True], ids=['inference', 'train'])
+def test_flop_count_is_the_same_on_meta_and_cpu(train):
+    """On the CPU attention runs as one fused kernel, on the meta device as matmuls: both count the same."""
     name = 'absvit_micro_patch4_28_gap'
-    assert common.count_model_flops(name, devices=('meta',))[0] == common.count_model_flops(name, devices=('cpu',))[0]
+    meta = common.count_model_flops(name, devices=('meta',), train=train)[0]
+    assert meta == common.count_model_flops(name, devices=('cpu',), train=train)[0]
+
+
+def test_attention_flops_are_counted_on_the_cpu():
+    """The fused CPU attention kernel is counted as 4 * B * H * N^2 * D forward (two matmuls) and twice
+    that backward, whatever torch's own formula table holds."""
+    B, H, N, D = 2, 3, 17, 8
+    q, k, v = (torch.randn(B, H, N, D, requires_grad=True) for _ in range(3))
+    with common.FlopCounterMode(display=False, custom_mapping=common.FLOP_FORMULAS) as counter:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert counter.get_total_flops() == 4 * B * H * N * N * D
+    with common.FlopCounterMode(display=False, custom_mapping=common.FLOP_FORMULAS) as counter:
+        out.sum().backward()
+    assert counter.get_total_flops() == 8 * B * H * N * N * D
 
 
 def test_model_cost_report_smoke(tmp_path):
