@@ -55,6 +55,8 @@ def test_published_parameters_at_reference_sizes():
     assert resolve('jpeg_compression', 1, 64, 64).quality == 65
     assert resolve('elastic_transform', 1, 224, 224).alpha == pytest.approx(488)
     assert resolve('frost', 2, 224, 224).frost_weight == 0.6
+    # frost photos: as they are at 224 px, shrunk by 0.3 at 64 px and 0.2 at 32 px, as published
+    assert [resolve('frost', 1, s, s).photo_scale for s in (224, 64, 32)] == [1.0, 0.3, 0.2]
 
 
 def test_profile_choice_and_spatial_scaling():
@@ -65,6 +67,7 @@ def test_profile_choice_and_spatial_scaling():
     assert resolve('gaussian_noise', 1, 448, 448).sigma == 0.08   # noise levels are not scaled
     assert resolve('glass_blur', 5, 28, 28).max_delta >= 1
     assert resolve('gaussian_noise', 1, 224, 224, profile='cifar').sigma == 0.04
+    assert resolve('frost', 1, 448, 300).photo_scale == pytest.approx(300 / 224)
 
 
 def test_bad_names_and_severities():
@@ -107,8 +110,11 @@ def test_shape_dtype_range_and_seed(name):
 #  * small images (CIFAR-10-C table): glass_blur (more blur hides the pixel shuffle), pixelate (box
 #    resampling at 26/28 vs 25/28), spatter (water drops at 1-3, mud at 4-5), snow (severity 3 has larger but
 #    fewer flakes than 2: about the same change); motion_blur's severities 3 and 4 differ only in a radius
-#    beyond the kernel's reach, so equal there (non-decreasing is required).
+#    beyond the kernel's reach, so equal there (non-decreasing is required);
+#  * snow at 224 px (ImageNet-C table): severity 3 has larger but fewer flakes than 2, which with the
+#    benchmark's zoom gives the same change within about 2% (checked on its own below).
 NOT_ORDERED = {'elastic_transform', 'saturate', 'frost'}
+NOT_ORDERED_224 = NOT_ORDERED | {'snow'}
 NOT_ORDERED_SMALL = NOT_ORDERED | {'glass_blur', 'pixelate', 'spatter', 'snow'}
 
 
@@ -125,10 +131,17 @@ def test_severity_order_28px(name):
 
 
 @pytest.mark.parametrize('name', [pytest.param(n, marks=_marks(n)) for n in ALL_CORRUPTIONS
-                                  if n not in NOT_ORDERED])
+                                  if n not in NOT_ORDERED_224])
 def test_severity_order_224px(name):
     d = _severity_curve([natural(224, 0)], name)
     assert d[0] > 0 and np.all(np.diff(d) > 0), f'{name}: mean |change| by severity {np.round(d, 2)}'
+
+
+@needs_magick
+def test_snow_severities_224px():
+    """Rising, except severities 2 and 3, which the published table makes about equal in pixel change."""
+    d = _severity_curve([natural(224, 0)], 'snow')
+    assert d[0] < d[1] and d[2] < d[3] < d[4] and abs(d[2] - d[1]) < 0.05 * d[1], np.round(d, 2)
 
 
 @pytest.mark.parametrize('size', [28, 224])

@@ -11,10 +11,11 @@ Parameters and how they adapt to the image size: ``robustness.corruptions.params
 from __future__ import annotations
 
 import zlib
+from typing import Optional
 
 import numpy as np
 
-from . import blur, digital, magick, noise, weather
+from . import blur, digital, magick, noise, photos, weather
 from ._image import as_float, restore
 from .params import ALL_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS, PROFILES, SEVERITIES, check_name, \
     check_severity, resolve
@@ -42,9 +43,24 @@ FUNCTIONS = {
 }
 #: Corruptions that need ImageMagick (Wand).
 NEEDS_MAGICK = ('motion_blur', 'snow')
+#: Corruptions that need the benchmark's frost photographs (the ``imagecorruptions`` package's data).
+NEEDS_PHOTOS = ('frost',)
 
-__all__ = ['ALL_CORRUPTIONS', 'CORRUPTIONS', 'EXTRA_CORRUPTIONS', 'NEEDS_MAGICK', 'PROFILES', 'SEVERITIES',
-           'Corruption', 'corrupt', 'magick', 'parse_corruptions', 'parse_severities']
+__all__ = ['ALL_CORRUPTIONS', 'CORRUPTIONS', 'EXTRA_CORRUPTIONS', 'NEEDS_MAGICK', 'NEEDS_PHOTOS', 'PROFILES',
+           'SEVERITIES', 'Corruption', 'corrupt', 'magick', 'missing_requirement', 'parse_corruptions',
+           'parse_severities', 'photos']
+
+
+def missing_requirement(names) -> Optional[str]:
+    """Why some of the corruptions ``names`` cannot run here (ImageMagick, the frost photographs), or None.
+
+    Checked before any work starts, so that a missing install fails in seconds, not after hours of evaluation."""
+    for needs, module in ((NEEDS_MAGICK, magick), (NEEDS_PHOTOS, photos)):
+        wanted = [n for n in names if n in needs]
+        ok, why = module.available() if wanted else (True, '')
+        if not ok:
+            return f'{", ".join(wanted)}: {why}'
+    return None
 
 
 def corrupt(image, name: str, severity: int, rng=None, profile: str = 'auto') -> np.ndarray:
@@ -68,10 +84,9 @@ class Corruption:
         if profile != 'auto' and profile not in PROFILES:
             raise ValueError(f'unknown profile {profile!r}; expected auto or one of {PROFILES}')
         self.name, self.severity, self.seed, self.profile = name, check_severity(severity), int(seed), profile
-        if name in NEEDS_MAGICK:
-            ok, why = magick.available()
-            if not ok:
-                raise magick.MagickUnavailable(why)
+        why = missing_requirement([name])
+        if why is not None:
+            raise (magick.MagickUnavailable if name in NEEDS_MAGICK else photos.PhotosMissing)(why)
 
     def rng_for(self, image) -> np.random.Generator:
         arr = np.ascontiguousarray(image)

@@ -1,8 +1,14 @@
 """Array conventions shared by the corruptions.
 
-Every corruption works on a float32 array ``x`` of shape (H, W, C), C in {1, 3}, values in [0, 1], and
-returns an array of the same shape (not necessarily clipped). ``as_float`` / ``restore`` convert from and
-back to what the caller passed: uint8 in [0, 255] or float in [0, 1], shape (H, W), (H, W, 1) or (H, W, 3).
+Every corruption works on a float64 array ``x`` of shape (H, W, C), C in {1, 3}, values in [0, 1], and
+returns an array of the same shape (not necessarily clipped), or ``Levels`` (the same on the 0..255 scale).
+``as_float`` / ``restore`` convert from and back to what the caller passed: uint8 in [0, 255] or float in
+[0, 1], shape (H, W), (H, W, 1) or (H, W, 3).
+
+The conversions are the benchmark's own, so that a deterministic corruption gives its bytes: uint8 / 255.
+in float64 on the way in, and ``clip(y, 0, 1) * 255`` truncated to uint8 on the way out (``np.uint8`` of
+the float result, as ImageNet-C was written), in the dtype the corruption computed in (zoom blur is float32
+there, like the benchmark's).
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def as_float(image) -> tuple[np.ndarray, tuple]:
-    """(x, spec): ``x`` float32 (H, W, C) in [0, 1]; ``spec`` what ``restore`` needs to undo it."""
+    """(x, spec): ``x`` float64 (H, W, C) in [0, 1]; ``spec`` what ``restore`` needs to undo it."""
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr3 = arr[..., None]
@@ -24,9 +30,9 @@ def as_float(image) -> tuple[np.ndarray, tuple]:
     if arr.shape[0] < 2 or arr.shape[1] < 2:
         raise ValueError(f'image too small to corrupt: {arr.shape}')
     if arr.dtype == np.uint8:
-        x = arr3.astype(np.float32) / 255.0
+        x = arr3 / 255.0
     elif np.issubdtype(arr.dtype, np.floating):
-        x = arr3.astype(np.float32)
+        x = arr3.astype(np.float64)
         if x.size and (x.min() < 0 or x.max() > 1):
             raise ValueError('float images must have values in [0, 1]')
     else:
@@ -34,16 +40,34 @@ def as_float(image) -> tuple[np.ndarray, tuple]:
     return np.ascontiguousarray(x), (arr.shape, arr.dtype)
 
 
-def restore(y: np.ndarray, spec: tuple) -> np.ndarray:
-    """Clip ``y`` to [0, 1] and give it back the caller's shape and dtype (uint8 rounded to nearest)."""
+class Levels:
+    """A corruption's result on the 0..255 scale, for ``restore``.
+
+    The benchmark computes frost on that scale (``a * image + b * photo``); dividing by 255 and multiplying
+    back would move a few exact integers just below themselves, which truncation then drops by a level."""
+    __slots__ = ('values',)
+
+    def __init__(self, values):
+        self.values = np.asarray(values)
+
+
+def restore(y, spec: tuple) -> np.ndarray:
+    """Clip ``y`` and give it back the caller's shape and dtype (uint8 truncated, as the benchmark does)."""
     shape, dtype = spec
-    y = np.clip(np.asarray(y, np.float32), 0.0, 1.0).reshape(shape)
+    if isinstance(y, Levels):
+        levels = np.clip(y.values, 0, 255)
+        y = levels / 255
+    else:
+        y = np.clip(np.asarray(y), 0, 1)
+        levels = y * 255      # in y's own dtype, like the benchmark's ``np.clip(x, 0, 1) * 255``
     if dtype == np.uint8:
-        return np.rint(y * 255.0).astype(np.uint8)
-    return y.astype(dtype)
+        return levels.reshape(shape).astype(np.uint8)
+    return y.reshape(shape).astype(dtype)
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Round to uint8: for an input image (exact multiples of 1/255 come back as themselves) handed to a
+    library that wants bytes (PIL, ImageMagick); results go through ``restore`` instead."""
     return np.rint(np.clip(x, 0, 1) * 255.0).astype(np.uint8)
 
 

@@ -5,7 +5,7 @@ import math
 
 import cv2
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, zoom
 
 from . import magick
 from ._image import keep_channels, to_uint8
@@ -45,7 +45,8 @@ def _local_shuffle(h, w, delta, iterations, rng):
 
 def glass_blur(x, p, rng):
     h, w, ch = x.shape
-    y = smooth(x, p.sigma)
+    # the benchmark stores the first blur as uint8 (truncated) before shuffling
+    y = np.floor(np.clip(smooth(x, p.sigma), 0, 1) * 255) / 255
     perm = _local_shuffle(h, w, p.max_delta, p.iterations, rng)
     y = y.reshape(h * w, ch)[perm].reshape(h, w, ch)
     return smooth(y, p.sigma)
@@ -80,21 +81,30 @@ def defocus_blur(x, p, rng):
 
 def motion_blur(x, p, rng):
     angle = rng.uniform(-45, 45)
-    return magick.motion_blur_uint8(to_uint8(x), p.radius, p.sigma, angle).astype(np.float32) / 255.0
+    return magick.motion_blur_uint8(to_uint8(x), p.radius, p.sigma, angle) / 255.0
 
 
-def zoom(x, factor, border=cv2.BORDER_REFLECT):
-    """Magnify ``x`` by ``factor`` about its centre, keeping its size (bilinear)."""
+def clipped_zoom(x, factor):
+    """The benchmark's zoom about the centre: crop the central ceil(side / factor) pixels of each side,
+    magnify them by ``factor`` with ``scipy.ndimage.zoom`` (bilinear, corners on corners), trim the extra
+    pixels that rounding adds (centred). (H, W) or (H, W, C) in, the same shape out, for factor >= 1."""
     h, w = x.shape[:2]
-    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
-    # output pixel (u, v) samples input ((u - cx) / f + cx, (v - cy) / f + cy)
-    m = np.float32([[factor, 0, (1 - factor) * cx], [0, factor, (1 - factor) * cy]])
-    return keep_channels(cv2.warpAffine(x, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=border), x)
+    ch, cw = int(np.ceil(h / factor)), int(np.ceil(w / factor))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = x[top:top + ch, left:left + cw]
+    if crop.ndim == 2:
+        z = zoom(crop, factor, order=1)
+    else:   # per channel: the same numbers as one zoom by (factor, factor, 1), and faster
+        z = np.stack([zoom(crop[..., k], factor, order=1) for k in range(crop.shape[2])], axis=2)
+    top, left = (z.shape[0] - h) // 2, (z.shape[1] - w) // 2
+    return z[top:top + h, left:left + w]
 
 
 def zoom_blur(x, p, rng):
+    """Mean of the image and its zooms by each factor in arange(1, stop, step), in float32 as published."""
     factors = np.arange(1, p.stop, p.step)
-    acc = x.copy()
+    x = x.astype(np.float32)
+    acc = np.zeros_like(x)
     for f in factors:
-        acc += zoom(x, float(f))
-    return acc / (len(factors) + 1)
+        acc += clipped_zoom(x, f)
+    return (x + acc) / (len(factors) + 1)

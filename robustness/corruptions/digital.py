@@ -6,26 +6,19 @@ import io
 import cv2
 import numpy as np
 from PIL import Image
+from skimage.color import hsv2rgb, rgb2hsv
 
 from ._image import grey, keep_channels, to_uint8
 from .blur import smooth
 
 
-def _hsv(rgb):
-    """float32 RGB in [0, 1] -> HSV with H in degrees, S and V in [0, 1] (OpenCV's float convention)."""
-    return cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2HSV)
-
-
-def _rgb(hsv):
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-
-
 def brightness(x, p, rng):
+    """Raise the HSV value; scikit-image's HSV in float64, the benchmark's conversion, gives its bytes."""
     if x.shape[2] == 1:          # HSV value of a grey pixel is the pixel itself
         return x + p.delta
-    hsv = _hsv(x)
+    hsv = rgb2hsv(x)
     hsv[..., 2] = np.clip(hsv[..., 2] + p.delta, 0, 1)
-    return _rgb(hsv)
+    return hsv2rgb(hsv)
 
 
 def contrast(x, p, rng):
@@ -35,9 +28,9 @@ def contrast(x, p, rng):
 
 def saturate(x, p, rng):
     rgb = np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x
-    hsv = _hsv(rgb)
+    hsv = rgb2hsv(rgb)
     hsv[..., 1] = np.clip(hsv[..., 1] * p.factor + p.offset, 0, 1)
-    out = _rgb(hsv)
+    out = hsv2rgb(hsv)
     return grey(out) if x.shape[2] == 1 else out
 
 
@@ -47,7 +40,7 @@ def _pil(x):
 
 
 def _from_pil(img, like):
-    return np.asarray(img, np.float32).reshape(like.shape) / 255.0
+    return np.asarray(img).reshape(like.shape) / 255.0
 
 
 def jpeg_compression(x, p, rng):
@@ -72,7 +65,8 @@ def elastic_transform(x, p, rng):
     d = min(h, w) // 3
     src = np.float32([centre + d, [centre[0] + d, centre[1] - d], centre - d])
     dst = src + rng.uniform(-p.affine, p.affine, size=src.shape).astype(np.float32)
-    warped = cv2.warpAffine(x, cv2.getAffineTransform(src, dst), (w, h), borderMode=cv2.BORDER_REFLECT_101)
+    warped = cv2.warpAffine(x.astype(np.float32), cv2.getAffineTransform(src, dst), (w, h),   # as published
+                            borderMode=cv2.BORDER_REFLECT_101)
     warped = keep_channels(warped, x)
     # a smooth random displacement field of amplitude alpha, smoothness sigma
     dx = smooth(rng.uniform(-1, 1, (h, w)), p.sigma, mode='reflect', truncate=3) * p.alpha

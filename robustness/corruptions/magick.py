@@ -9,13 +9,15 @@ import functools
 
 import numpy as np
 
+from errors import UserFacingError
+
 INSTALL_HINT = ('motion_blur and snow use ImageMagick through Wand: pip install Wand, and install the '
                 'MagickWand library (Debian/Ubuntu: apt-get install libmagickwand-6.q16-6; scripts/setup.sh '
                 'does both)')
 
 
-class MagickUnavailable(RuntimeError):
-    pass
+class MagickUnavailable(UserFacingError):
+    """The message says what to install."""
 
 
 @functools.lru_cache(maxsize=1)

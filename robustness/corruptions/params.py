@@ -12,9 +12,10 @@ log scale is chosen (shorter side up to 45 px -> cifar, 46-119 px -> tiny, 120 p
 unless one is named.
 Its numbers are used as published, except the ones measured in pixels, which are multiplied by
 ``scale = shorter side / reference size`` (see ``SPATIAL``): blur sigmas and radii, glass-blur pixel shifts,
-motion-blur radius and sigma, snow-flake size, spatter blob size and the elastic displacements. Scale-free
-numbers (noise levels, blend weights, zoom factors, JPEG quality, pixelation ratio) are unchanged. At the
-reference sizes (32, 64, 224 px) the published parameters are therefore used unchanged.
+motion-blur radius and sigma, snow-flake size, spatter blob size, the elastic displacements and the factor by
+which frost's photographs are resized (``FROST_PHOTO_SCALE``). Scale-free numbers (noise levels, blend
+weights, zoom factors, JPEG quality, pixelation ratio) are unchanged. At the reference sizes (32, 64,
+224 px) the published parameters are therefore used unchanged.
 """
 from __future__ import annotations
 
@@ -148,10 +149,11 @@ TABLES = {
 
 #: Reference image side of each profile.
 REFERENCE_SIZE = {'cifar': 32, 'tiny': 64, 'imagenet': 224}
-#: Side of the frost-texture region (in texture pixels) that one image covers, from the published crops:
-#: ImageNet crops 224 px of the photo; Tiny-ImageNet shrinks the photo by 0.3 and crops 64 (213 px);
-#: CIFAR shrinks by 0.2 and crops 32 (160 px).
-FROST_COVERAGE = {'cifar': 160, 'tiny': 213, 'imagenet': 224}
+#: Factor by which the published code resizes the frost photographs before cropping the image's size from
+#: them: ImageNet-C crops the photo as it is, Tiny-ImageNet-C shrinks it by 0.3 (crop 64), CIFAR-10-C by 0.2
+#: (crop 32). At other sizes the factor is multiplied by ``scale``, so the crop covers the same share of the
+#: photograph.
+FROST_PHOTO_SCALE = {'cifar': 0.2, 'tiny': 0.3, 'imagenet': 1.0}
 PROFILES = tuple(REFERENCE_SIZE)
 
 
@@ -212,5 +214,5 @@ def resolve(name: str, severity: int, height: int, width: int, profile: str = 'a
     if name == 'glass_blur':
         values['max_delta'] = max(1, int(round(values['max_delta'])))
     if name == 'frost':
-        values['coverage'] = FROST_COVERAGE[profile]
+        values['photo_scale'] = FROST_PHOTO_SCALE[profile] * scale
     return Params(name, severity, profile, scale, values)

@@ -1,13 +1,13 @@
-"""Weather corruptions: snow (ImageMagick), frost (synthesised textures), fog (plasma fractal), spatter."""
+"""Weather corruptions: snow (ImageMagick), frost (the benchmark's photographs), fog (plasma fractal), spatter."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from . import magick
-from ._image import colour, grey
-from .blur import smooth, zoom
-from .textures import FROST_SIZE, FROST_TEXTURES, frost_texture, plasma_fractal
+from . import magick, photos
+from ._image import Levels, colour, grey
+from .blur import clipped_zoom, smooth
+from .textures import plasma_fractal
 
 WATER = (175 / 255, 238 / 255, 238 / 255)   # pale turquoise
 MUD = (63 / 255, 42 / 255, 20 / 255)         # brown
@@ -16,9 +16,9 @@ MUD = (63 / 255, 42 / 255, 20 / 255)         # brown
 def snow(x, p, rng):
     h, w, ch = x.shape
     flakes = rng.normal(p.mean, p.std, (h, w)).astype(np.float32)
-    flakes = zoom(flakes, max(1.0, p.zoom))      # flakes at least one pixel wide
+    flakes = clipped_zoom(flakes, max(1.0, p.zoom))      # flakes at least one pixel wide
     flakes[flakes < p.threshold] = 0
-    flakes = np.rint(np.clip(flakes, 0, 1) * 255).astype(np.uint8)[..., None]
+    flakes = (np.clip(flakes, 0, 1) * 255).astype(np.uint8)[..., None]   # truncated, as published
     streaks = magick.motion_blur_uint8(flakes, p.blur_radius, p.blur_sigma, rng.uniform(-135, -45))
     streaks = streaks.astype(np.float32) / 255.0
     whitened = np.maximum(x, grey(x) * 1.5 + 0.5)
@@ -26,20 +26,25 @@ def snow(x, p, rng):
     return y + streaks + np.rot90(streaks, 2)
 
 
+def frost_layer(index, top, left, h, w, ch, photo_scale):
+    """The (h, w, ch) crop at (top, left) of frost photograph ``index`` scaled by ``photo_scale`` (grey
+    images: its luminance), float64 on the 0..255 scale."""
+    crop = photos.scaled(index, photo_scale, h, w)[top:top + h, left:left + w].astype(np.float64)
+    return grey(crop) if ch == 1 else crop
+
+
 def frost(x, p, rng):
+    """The benchmark's frost: ``a * image + b * crop`` of one of its photographs, on the 0..255 scale.
+
+    As published, the photo is drawn among the first five, then the crop's top and left offsets, each
+    uniform in [0, photo side - image side) (0 where the two are equal)."""
     h, w, ch = x.shape
-    tex = frost_texture(int(rng.integers(FROST_TEXTURES)))
-    side = max(h, w)
-    rh = max(2, int(round(p.coverage * h / side)))
-    rw = max(2, int(round(p.coverage * w / side)))
-    top = int(rng.integers(0, FROST_SIZE - rh + 1))
-    left = int(rng.integers(0, FROST_SIZE - rw + 1))
-    crop = tex[top:top + rh, left:left + rw]
-    interp = cv2.INTER_AREA if rh > h else cv2.INTER_LINEAR
-    crop = cv2.resize(crop, (w, h), interpolation=interp)
-    if ch == 1:
-        crop = grey(crop)
-    return p.image_weight * x + p.frost_weight * crop
+    index = int(rng.integers(photos.DRAWN))
+    ph, pw = photos.scaled(index, p.photo_scale, h, w).shape[:2]
+    top = int(rng.integers(0, max(1, ph - h)))
+    left = int(rng.integers(0, max(1, pw - w)))
+    return Levels(p.image_weight * (x * 255) + p.frost_weight * frost_layer(index, top, left, h, w, ch,
+                                                                             p.photo_scale))
 
 
 def fog(x, p, rng):
