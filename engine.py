@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import misc
+from errors import NonFiniteLossError
 
 __all__ = ['train_one_epoch', 'evaluate', 'autocast']
 
@@ -57,14 +58,13 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
 
     Losses stay on the device and are read on the host only every ``check_every`` steps and at the end
     of the epoch (default: every step on CPU, every ``log_every`` steps elsewhere), so the hot loop has no
-    host syncs. A NaN/inf loss raises ``misc.NonFiniteLossError`` on every rank at the next read, naming
+    host syncs. A NaN/inf loss raises ``NonFiniteLossError`` on every rank at the next read, naming
     the first bad step, before anything is checkpointed: checkpoints stay those of the last good epoch.
     """
     model.train(set_training_mode)
     model_kwargs = getattr(criterion, 'model_kwargs', {}) or {}
     check_every = check_every or _default_check_every(device, log_every)
     steps = len(data_loader)
-    first_update = epoch * steps
     desc = f'Epoch {epoch + 1}' + (f'/{num_epochs}' if num_epochs else '')
     bar = _progress(data_loader, steps, desc, progress)
     tracker = _LossTracker(device, epoch, steps)
@@ -75,53 +75,64 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         targets = targets.to(device, non_blocking=True)
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
-
         with autocast(device, amp_dtype):
             output = model(images, **model_kwargs)
             loss = criterion(output, targets)
         tracker.add(i, loss, getattr(criterion, 'last_terms', {}))
         last = i == steps - 1
-        if (i + 1) % check_every == 0 or last:
-            means = tracker.check()  # host read; raises before the step if this step's loss is bad
-        else:
-            means = None
-
-        optimizer.zero_grad(set_to_none=True)
-        if loss_scaler is not None:  # fp16: scaled backward, unscale before clipping
-            loss_scaler.scale(loss).backward()
-            if clip_grad:
-                loss_scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            loss_scaler.step(optimizer)
-            loss_scaler.update()
-        else:
-            loss.backward()
-            if clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-
+        # host read; raises before the step if this step's loss is bad
+        means = tracker.check() if (i + 1) % check_every == 0 or last else None
+        _optimizer_step(model, loss, optimizer, loss_scaler, clip_grad)
         if model_ema is not None:
             model_ema.update(_unwrap(model))
-        num_updates = first_update + i + 1
+        num_updates = epoch * steps + i + 1
         if lr_scheduler is not None and sched_on_updates:
             lr_scheduler.step_update(num_updates=num_updates)
         n_seen += images.shape[0]
-
         if means is not None and misc.is_main_process():
-            lr = optimizer.param_groups[0]['lr']
-            if bar.disable is False:
-                bar.set_postfix(loss=f'{means["loss"]:.4f}', lr=f'{lr:.2e}', refresh=False)
-            if tb_writer is not None and (num_updates % log_every == 0 or last or check_every > 1):
-                for k, v in means.items():  # check_every > 1: means over the steps since the last read
-                    tb_writer.add_scalar(f'train/{k}', v, num_updates)
-                tb_writer.add_scalar('train/lr', lr, num_updates)
+            # check_every > 1: every read is logged (means over the steps since the last read)
+            _log_step(bar, tb_writer, means, optimizer.param_groups[0]['lr'], num_updates,
+                      log_every, force=last or check_every > 1)
     bar.close()
-    elapsed = time.time() - start
+    return _epoch_stats(tracker, optimizer, n_seen, time.time() - start, device)
+
+
+def _optimizer_step(model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer, loss_scaler,
+                    clip_grad: Optional[float]) -> None:
+    """Backward and update; with fp16's loss scaler: scaled backward, unscale before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    if loss_scaler is not None:
+        loss_scaler.scale(loss).backward()
+        if clip_grad:
+            loss_scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        loss_scaler.step(optimizer)
+        loss_scaler.update()
+    else:
+        loss.backward()
+        if clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        optimizer.step()
+
+
+def _log_step(bar, tb_writer, means: Dict[str, float], lr: float, num_updates: int, log_every: int,
+              force: bool) -> None:
+    """Progress-bar postfix, and TensorBoard scalars every ``log_every`` updates (or when ``force``)."""
+    if bar.disable is False:
+        bar.set_postfix(loss=f'{means["loss"]:.4f}', lr=f'{lr:.2e}', refresh=False)
+    if tb_writer is not None and (num_updates % log_every == 0 or force):
+        for k, v in means.items():
+            tb_writer.add_scalar(f'train/{k}', v, num_updates)
+        tb_writer.add_scalar('train/lr', lr, num_updates)
+
+
+def _epoch_stats(tracker: '_LossTracker', optimizer: torch.optim.Optimizer, n_seen: int, elapsed: float,
+                 device: torch.device) -> Dict[str, float]:
+    """The epoch's mean losses (averaged over processes), final lr, time and global img/s."""
     stats = tracker.epoch_means()
     stats['lr'] = optimizer.param_groups[0]['lr']
     stats['time'] = elapsed
     stats['img_per_sec'] = n_seen * misc.get_world_size() / max(elapsed, 1e-9)
-    # average the per-process means over processes
     if misc.is_dist():
         keys = sorted(k for k in stats if k not in ('lr', 'time', 'img_per_sec'))
         t = misc.all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device))
@@ -160,7 +171,7 @@ class _LossTracker:
         first_bad = int(misc.all_reduce_min(self.first_bad.clone()))  # the earliest on any process
         if first_bad < self.steps:
             value = float(self.bad_value) if int(self.first_bad) == first_bad else 'non-finite'
-            raise misc.NonFiniteLossError(
+            raise NonFiniteLossError(
                 f'loss is {value} at epoch {self.epoch + 1}, step {first_bad + 1}/{self.steps} (on at least one '
                 'process); stopping. Lower --lr, set --clip-grad, or use --amp bf16 instead of fp16.')
         sums = dict(zip(self.keys, self.window.tolist()))

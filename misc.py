@@ -1,9 +1,8 @@
-"""Shared plumbing of main.py and engine.py: errors, distributed helpers, logging, checkpoint I/O
-and RNG state.
+"""Shared plumbing of main.py and engine.py: distributed helpers, logging, atomic file writes and
+JSON-safe arguments.
 
-Everything written by ``save_checkpoint`` is plain tensors, numbers, strings and containers, so
-checkpoints load with ``torch.load(weights_only=True)`` (``models.checkpoint.SAFE_GLOBALS`` adds
-``argparse.Namespace`` for the reference release's files; nothing else is allow-listed).
+The user-facing errors (``UserError``, ``NonFiniteLossError``) live in ``errors.py`` and are
+re-exported here; the training state and its checkpoint file are ``train_state.py``'s.
 """
 import datetime
 import difflib
@@ -13,24 +12,15 @@ import os
 import random
 import sys
 import tempfile
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from errors import NonFiniteLossError, UserError  # noqa: F401  (re-exported: misc.UserError)
+
 _logger = logging.getLogger('absvit')
-
-
-# ------------------------------------------------------------------------------------------------
-# Errors the user can act on: main.py prints their message (no traceback) and exits with status 1.
-
-class UserError(RuntimeError):
-    """A problem with the command line, the data or a file: the message says what to do."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or inf."""
 
 
 def close_matches(name: str, choices: Iterable[str], n: int = 5) -> List[str]:
@@ -146,53 +136,13 @@ def format_seconds(s: float) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# RNG state: every generator a training step draws from, in weights_only-loadable form.
-
-def get_rng_state() -> Dict[str, Any]:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        'torch': torch.get_rng_state(),
-        'numpy': {'name': np_state[0], 'keys': torch.from_numpy(np_state[1].astype(np.int64)),
-                  'pos': int(np_state[2]), 'has_gauss': int(np_state[3]), 'cached_gaussian': float(np_state[4])},
-        'python': {'version': py_state[0], 'state': list(py_state[1]), 'gauss_next': py_state[2]},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state['torch'])
-    n = state['numpy']
-    np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
-                         n['cached_gaussian']))
-    p = state['python']
-    random.setstate((p['version'], tuple(p['state']), p['gauss_next']))
-    if 'cuda' in state and torch.cuda.is_available():
-        cuda_states = state['cuda']
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-
-
-def gather_rng_states() -> Optional[List[Dict[str, Any]]]:
-    """Every rank's RNG state, as a list indexed by rank (collective; the list on every rank)."""
-    state = get_rng_state()
-    if not is_dist():
-        return [state]
-    out: List[Any] = [None] * get_world_size()
-    dist.all_gather_object(out, state)
-    return out
-
+# Seeds and files.
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2 ** 32)
     random.seed(seed)
 
-
-# ------------------------------------------------------------------------------------------------
-# Checkpoint files.
 
 def save_atomic(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:

@@ -9,9 +9,10 @@ folder in the ``train/<class>/`` layout and measures:
 
 1. **the project's training loader per worker** (one process, one torch thread, timed by its CPU
    time so that a shared machine does not understate what a worker with its own core delivers):
-   ``datasets.SafeImageFolder`` with ``datasets.build_train_transform`` and the ImageNet recipe of
-   ``main.py`` (JPEG decode with PIL, RandomResizedCrop, flip, RandAugment ``rand-m9-mstd0.5-inc1``,
-   colour jitter, normalise, random erasing) -> img/s of one worker;
+   ``datasets.SafeImageFolder`` with ``datasets.build_train_transform`` and the ImageNet recipe
+   (``datasets/recipes.py``, as ``main.py --data-set IMNET`` parses it: JPEG decode with PIL,
+   RandomResizedCrop, flip, RandAugment ``rand-m9-mstd0.5-inc1``, colour jitter, normalise, random
+   erasing) -> img/s of one worker;
 2. mixup/cutmix (timm ``Mixup``, as ``engine.py`` applies it to each batch) on the CPU -> img/s;
 3. a ``DataLoader`` with ``--workers`` worker processes -> img/s (how it scales on this machine);
 4. optionally the **GPU-decode path** (``GpuJpegLoader`` below): workers only read the file bytes;
@@ -45,6 +46,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+import options  # noqa: E402  (main.py's parser and recipes)
 from benchmarks.common import count_model_flops, format_machine, machine_info, markdown_table  # noqa: E402
 
 MFU_ASSUMED = 0.45
@@ -52,21 +54,13 @@ H100_BF16_TFLOPS = 989.0
 DEFAULT_MODELS = ('vit_small_patch16_224', 'absvit_small_patch16_224', 'vit_base_patch16_224',
                   'absvit_base_patch16_224')
 
-# The ImageNet recipe of main.py (the paper's / DeiT's augmentation); a copy is kept in case main.py
-# cannot be imported (it is the source of truth when it can).
-_RECIPE = dict(input_size=224, in_chans=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-               aa='rand-m9-mstd0.5-inc1', color_jitter=0.4, reprob=0.25, remode='pixel', recount=1,
-               train_crop='rrc', hflip=0.5, train_interpolation='bicubic', mixup=0.8, cutmix=1.0, smoothing=0.1)
-
 
 def recipe() -> Namespace:
-    args = dict(_RECIPE)
-    try:
-        from main import IMAGENET_RECIPE
-        args.update({k: v for k, v in IMAGENET_RECIPE.items() if k in args})
-    except Exception:  # noqa: BLE001  (main.py missing or not importable: keep the copy)
-        pass
-    return Namespace(**args)
+    """The settings ``main.py --data-set IMNET`` trains with (the paper's recipe, ``datasets/recipes.py``,
+    parsed by ``options.parse_args``), at the recipe model's 224 x 224 RGB input."""
+    args = options.parse_args(['--data-set', 'IMNET'])
+    args.input_size, args.in_chans = 224, 3  # what main.py resolves from absvit_small_patch16_224's config
+    return args
 
 
 # -------------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@
 Public API (used by main.py and the robustness evaluation):
 ``build_dataset(is_train, args, corruption=None) -> (dataset, num_classes)``,
 ``build_eval_transform(args, corruption=None)``, ``build_train_transform(args)``,
-``build_folder_dataset(root, args, corruption=None)``, ``dataset_num_classes(args)``.
+``build_folder_dataset(root, args, corruption=None)``, ``dataset_num_classes(args)``; the training recipe
+of each dataset: ``recipes.recipe(data_set)`` (``datasets/recipes.py``).
 """
 import os
 from typing import Callable, Optional, Tuple
@@ -20,12 +21,13 @@ from torch.utils.data import Dataset, Subset
 from .errors import DatasetError, UnreadableImageError
 from .fmnist import DEFAULT_ROOT as FMNIST_ROOT, FashionMNIST
 from .folder import SafeImageFolder, count_classes, load_image
+from .recipes import RECIPES, recipe
 from .transforms import ApplyCorruption, ConvertMode, build_eval_transform, build_train_transform, fit_channels, \
     input_hw
 
 __all__ = ['DATASETS', 'DatasetError', 'UnreadableImageError', 'FashionMNIST', 'SafeImageFolder', 'build_dataset',
            'build_eval_transform', 'build_train_transform', 'build_folder_dataset', 'dataset_num_classes',
-           'default_data_path', 'ApplyCorruption', 'ConvertMode', 'fit_channels', 'input_hw']
+           'default_data_path', 'RECIPES', 'recipe', 'ApplyCorruption', 'ConvertMode', 'fit_channels', 'input_hw']
 
 DATASETS = ('FMNIST', 'IMNET', 'FOLDER')
 IMAGENET_CLASSES = 1000

@@ -1,7 +1,8 @@
 """Dataset errors: one message saying what was expected and how to get it."""
+from errors import UserFacingError
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserFacingError):
     """A missing, malformed or unreadable dataset."""
 
 

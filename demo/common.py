@@ -22,6 +22,7 @@ from PIL import Image  # noqa: E402
 
 import models  # noqa: E402  (registers the zoo with timm)
 from datasets.errors import DatasetError  # noqa: E402
+from errors import UserFacingError  # noqa: E402
 from datasets.fmnist import CLASSES, FashionMNIST  # noqa: E402
 from models.checkpoint import CheckpointError, load_checkpoint_file, load_weights  # noqa: E402
 
@@ -42,7 +43,7 @@ SKIMAGE_PHOTOS = {
 }
 
 
-class DemoError(Exception):
+class DemoError(UserFacingError):
     """A user mistake (unknown class, missing image, checkpoint of another model...): the message says why."""
 
 

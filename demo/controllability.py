@@ -20,9 +20,10 @@ paper's ImageNet recipe, which is how ImageNet training sees several objects in 
 one image on a random half of a black canvas. Test composites come from the test split only.
 
 Training (``--train``) runs the project's pipeline pieces (``engine.train_one_epoch``; the AbS loss of
-``losses.py``: soft-target CE averaged over the passes + 0.1 x variational loss; main.py's Fashion-MNIST
-recipe for optimiser and schedule) with the same settings for every model; main.py itself trains
-square inputs only. Checkpoints record model, td_mode and input size, so ``demo/visualize.py`` loads them as they are.
+``losses.py``: soft-target CE averaged over the passes + 0.1 x variational loss; the Fashion-MNIST
+recipe of ``datasets/recipes.py``, parsed as main.py parses it, for optimiser and schedule) with the same
+settings for every model; main.py itself trains square inputs only. Checkpoints record model, td_mode and
+input size, so ``demo/visualize.py`` loads them as they are.
 
     python demo/controllability.py --train --lr 2e-3 --out-dir output/controllability   # train 4, measure
     python demo/controllability.py --checkpoints abs=output/controllability/abs.pth # measure only
@@ -43,8 +44,13 @@ if __package__ in (None, ''):
 import timm  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from timm.optim import create_optimizer_v2  # noqa: E402
+from timm.scheduler import create_scheduler_v2  # noqa: E402
 
+import engine  # noqa: E402
+import losses  # noqa: E402
 import models  # noqa: E402,F401
+import options  # noqa: E402  (main.py's parser and the dataset recipes, without the training script)
 from datasets.fmnist import CLASSES, FashionMNIST  # noqa: E402
 from datasets.errors import DatasetError  # noqa: E402
 from demo.common import DemoError, default_depth, load_model, normalize_map  # noqa: E402
@@ -137,28 +143,23 @@ class CanvasDataset(torch.utils.data.Dataset):
 
 
 def recipe_args(batch_size: int, epochs: int, seed: int):
-    """main.py's Fashion-MNIST recipe (``--data-set FMNIST``) with this batch size, epoch count and seed."""
-    import main  # the pipeline's parser and recipe: the same optimiser, schedule and loss settings
-    return main.parse_args(['--data-set', 'FMNIST', '--batch-size', str(batch_size), '--epochs', str(epochs),
-                            '--seed', str(seed)])
+    """The Fashion-MNIST recipe (``--data-set FMNIST``, ``datasets/recipes.py``) as main.py parses it
+    (``options.parse_args``), with this batch size, epoch count and seed."""
+    return options.parse_args(['--data-set', 'FMNIST', '--batch-size', str(batch_size), '--epochs', str(epochs),
+                               '--seed', str(seed)])
 
 
 def train_model(td_mode: str, images: torch.Tensor, labels: torch.Tensor, epochs: int = 1, batch_size: int = 64,
                 seed: int = 0, lr: Optional[float] = None, pair_prob: float = 0.5, log=print):
     """Train ``MODEL`` (td_mode) at 28x56 on ``CanvasDataset`` with the project's pipeline pieces.
 
-    ``engine.train_one_epoch``, ``losses.build_criterion`` (AbS loss: CE averaged over both passes +
-    0.1 x variational loss) and main.py's Fashion-MNIST recipe for the optimiser and schedule (AdamW,
-    lr 8e-3 x batch / 512, weight decay 0.05, cosine per update, warm-up 1/6 of training as the
-    recipe's 0.5 of 3 epochs; ``lr`` overrides the scaled rate). Its augmentation (pad-crop, flip) is
-    replaced by the random half.
+    ``engine.train_one_epoch``, ``losses.build_criterion`` (AbS loss: soft-target CE averaged over both
+    passes + 0.1 x variational loss) and, from the Fashion-MNIST recipe, the optimiser (AdamW, lr 1.6e-2 x
+    batch / 512 unless ``lr`` is given, weight decay 0.05) and the cosine schedule stepped every update
+    with the recipe's warm-up and minimum lr; the warm-up lasts the first sixth of training here, not the
+    recipe's quarter epoch. The recipe has no augmentation; the random half of the canvas stands for it.
     Returns ``(model in eval mode, info dict)``.
     """
-    import engine
-    import losses
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-
     args = recipe_args(batch_size, epochs, seed)
     torch.manual_seed(seed)
     model = timm.create_model(MODEL, img_size=CANVAS, td_mode=td_mode)
@@ -386,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--epochs', type=int, default=1, help='training epochs per model')
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--lr', type=float, default=None,
-                   help="learning rate (default: main.py's Fashion-MNIST recipe, scaled to the batch size)")
+                   help="learning rate (default: the Fashion-MNIST recipe's, scaled to the batch size)")
     p.add_argument('--pair-prob', type=float, default=0.5,
                    help='share of training samples that are two images side by side (soft 0.5/0.5 target); '
                         '0: single images only')

@@ -1,16 +1,23 @@
 """Safe checkpoint loading for the zoo: release files, our own files and plain ViT/DeiT weights.
 
 Files are read with ``torch.load(weights_only=True)``; the only non-tensor class the reference
-releases pickle, ``argparse.Namespace``, is allow-listed (never plain pickle).
+releases pickle, ``argparse.Namespace``, is allow-listed (never plain pickle). A file that cannot be
+read that way fails with one line of our own: corrupt or truncated, or refused because it holds
+objects whose loading could run code (torch's advice to retry with ``weights_only=False`` is the
+wrong advice for a file of unknown origin, so it is never repeated).
 """
 import argparse
 import logging
 import os
-from typing import Dict, Optional, Tuple
+import pickle
+import zipfile
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from timm.layers import resample_abs_pos_embed
+
+from errors import UserFacingError
 
 _logger = logging.getLogger(__name__)
 
@@ -22,12 +29,12 @@ __all__ = ['SAFE_GLOBALS', 'load_checkpoint_file', 'select_state_dict', 'load_we
            'CheckpointError']
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserFacingError):
     """A checkpoint that cannot be used for the model at hand; the message says why and what to do."""
 
 
 def load_checkpoint_file(path: str) -> dict:
-    """Read a checkpoint file safely (CPU tensors)."""
+    """Read a checkpoint file safely (CPU tensors); unreadable or unsafe files raise ``CheckpointError``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
     # Re-asserted at every load: torch's safe_globals() context manager (which timm uses) removes the
@@ -35,8 +42,55 @@ def load_checkpoint_file(path: str) -> dict:
     torch.serialization.add_safe_globals(SAFE_GLOBALS)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # pickle errors name the offending global; keep that
-        raise CheckpointError(f'cannot read checkpoint {path} with weights_only=True: {e}') from e
+    except Exception as e:  # noqa: BLE001 - every failure becomes one message of ours
+        raise CheckpointError(_unreadable_message(path, e)) from None
+
+
+def _unsafe_globals(path: str) -> List[str]:
+    """The non-allow-listed classes/functions the file's pickle names (empty when it cannot tell)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - not a readable torch.save archive
+        return []
+
+
+def _is_pickle_or_archive(path: str) -> bool:
+    """A torch.save zip archive, or a pickle stream (PROTO opcode 0x80, protocol 2-5) such as torch's
+    legacy format: what a well-formed but unsafe file looks like, unlike random or cut-off bytes."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, 'rb') as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _refusal(path: str, error: Exception) -> Optional[str]:
+    """Why ``torch.load(weights_only=True)`` refused the file's content, or None when it simply could not
+    read it."""
+    text = str(error)
+    if not (isinstance(error, pickle.UnpicklingError) and 'Weights only load failed' in text):
+        return None
+    names = _unsafe_globals(path)
+    if names:
+        return f'it names {", ".join(names[:5])}, which {"is" if len(names) == 1 else "are"} not allow-listed'
+    if 'Unsupported' in text and _is_pickle_or_archive(path):
+        return 'it holds pickled content other than tensors and plain values'
+    return None
+
+
+def _unreadable_message(path: str, error: Exception) -> str:
+    """One line for a file ``torch.load(weights_only=True)`` rejected: refused (may run code) or corrupt."""
+    refusal = _refusal(path, error)
+    if refusal:
+        return (f'refused to load checkpoint {path}: {refusal}, and loading such a file may run code. '
+                'Only tensors, numbers, strings, containers and argparse.Namespace are accepted '
+                '(torch.load with weights_only=True); save the weights (state dicts) alone from a source you '
+                'trust and load that file.')
+    text = str(error).strip()
+    first = text.splitlines()[0].split('. ')[0].rstrip('.') if text else ''
+    reason = f'{type(error).__name__}: {first}' if first and 'weights_only' not in first else type(error).__name__
+    return (f'cannot read checkpoint {path} ({os.path.getsize(path)} bytes): the file is corrupt or truncated '
+            f'({reason}). Copy it again, or use another checkpoint.')
 
 
 def select_state_dict(checkpoint: dict, use_ema: bool = False) -> Tuple[Dict[str, torch.Tensor], str]:

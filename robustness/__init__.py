@@ -2,15 +2,20 @@
 on the fly for any dataset. Reached from ``main.py --eval`` (see ``docs/robustness.md``).
 
 ``add_args(parser)`` adds the flags, ``requested(args)`` says whether any evaluation was asked for, and
-``run(args, model, device, output_dir)`` runs them all and writes ``robustness.json``, ``robustness.md`` and
-``robustness_severity.png`` into ``output_dir``.
+``run(args, model, device, output_dir, amp_dtype=..., make_loader=..., evaluate=...)`` runs them all and
+writes ``robustness.json``, ``robustness.md`` and ``robustness_severity.png`` into ``output_dir``. The caller
+resolves the pieces (the model, its device and autocast dtype, how a dataset becomes a loader, the
+evaluation function); ``args`` only carries this package's flags and the data settings (``mean``, ``std``,
+``input_size``, ...) that the benchmark datasets are built with.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import time
-from typing import Dict
+from typing import Callable, Dict
+
+from errors import UserError
 
 _logger = logging.getLogger('absvit.robustness')
 
@@ -61,22 +66,29 @@ def requested(args) -> bool:
                 or getattr(args, 'pgd_test', False) or getattr(args, 'corruption', None))
 
 
-def run(args, model, device, output_dir) -> Dict:
-    """Run every requested evaluation; write the report into ``output_dir``; return it as a dict."""
-    from . import report as report_mod
-    from .runner import execute, plan
-    import misc
+def run(args, model, device, output_dir, *, amp_dtype, make_loader: Callable, evaluate: Callable,
+        is_main: bool = True) -> Dict:
+    """Run every requested evaluation; write the report into ``output_dir`` (on the main process; ``None``:
+    nowhere); return it as a dict.
+
+    ``amp_dtype``: autocast dtype or None; ``make_loader(dataset)``: the evaluation loader (this process's
+    shard under torchrun); ``evaluate(loader, model, device, amp_dtype=, desc=, class_mask=, attack=)``:
+    ``engine.evaluate``'s signature, returning ``acc1``, ``n``, ...
+    """
+    from . import report as report_mod   # here, not at the top: the parser's add_args stays light
+    from .runner import Runner, execute, plan
 
     start = time.time()
     try:
         p = plan(args, model)
     except ValueError as err:   # bad --corruption / --severity values
-        raise misc.UserError(str(err)) from None
-    rep = execute(p, args, model, device)
+        raise UserError(str(err)) from None
+    runner = Runner(args, model, device, amp_dtype=amp_dtype, make_loader=make_loader, evaluate=evaluate)
+    rep = execute(p, args, runner)
     rep['timings']['total'] = round(time.time() - start, 2)
     if output_dir is None:
         _logger.warning('no output directory: the robustness report is not written to disk')
-    elif misc.is_main_process():
+    elif is_main:
         paths = report_mod.write(rep, str(output_dir))
         _logger.info('robustness report: %s', ', '.join(paths.values()))
     return rep

@@ -15,7 +15,7 @@ import re
 from typing import Dict, List, Sequence
 
 from datasets.errors import DatasetError
-from misc import UserError
+from errors import UserError
 
 from .corruptions.params import ALL_CORRUPTIONS, SEVERITIES
 

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .corruptions import NEEDS_MAGICK, PROFILES, Corruption, magick, parse_corruptions, \
+from .corruptions import PROFILES, Corruption, missing_requirement, parse_corruptions, \
     parse_severities
 
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -138,12 +138,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.limit:
         items = items[:args.limit]
-    wand = [c for c in args.corruptions if c in NEEDS_MAGICK]
-    if wand:
-        ok, why = magick.available()
-        if not ok:
-            print(f'error: {", ".join(wand)}: {why}', file=sys.stderr)
-            return 2
+    why = missing_requirement(args.corruptions)
+    if why is not None:
+        print(f'error: {why}', file=sys.stderr)
+        return 2
     job = Job(args)
     total = len(items)
     print(f'{total} images x {len(args.corruptions)} corruptions x {len(args.severities)} severities -> {args.dst}',

@@ -1,22 +1,29 @@
 """Run every robustness evaluation asked for on the command line and assemble the report.
 
 ``plan(args, model)`` checks the flags and every folder first (a mis-laid folder fails in seconds, not after
-hours of evaluation); ``execute`` then evaluates each item with ``engine.evaluate``.
+hours of evaluation); ``execute`` then evaluates each item with the ``Runner``'s pieces, which the caller
+resolved: the model, its device and autocast dtype, a loader factory and the evaluation function
+(``engine.evaluate`` from ``main.py``).
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
+from torchvision import transforms
+
+import datasets
+from datasets.transforms import ConvertMode, fit_channels, input_hw
+from errors import UserError
 
 from . import folders, wnids
 from .attacks import FGSM, PGD
-from .corruptions import NEEDS_MAGICK, Corruption, magick, parse_corruptions, parse_severities
+from .corruptions import Corruption, missing_requirement, parse_corruptions, parse_severities
 from .metrics import summarise
 
 _logger = logging.getLogger('absvit.robustness')
@@ -39,11 +46,6 @@ class Plan:
 
 FOLDER_FLAGS = {'imagenet_a': ('ina_path', '--ina_path'), 'imagenet_r': ('inr_path', '--inr_path'),
                 'imagenet_sketch': ('insk_path', '--insk_path')}
-
-
-def _user_error(msg):
-    from misc import UserError
-    return UserError(msg)
 
 
 def _num_outputs(model) -> Optional[int]:
@@ -91,12 +93,12 @@ def plan(args, model) -> Plan:
              severities=parse_severities(getattr(args, 'severity', 'all')),
              corruptions=parse_corruptions(getattr(args, 'corruption', None)),
              fgsm=bool(getattr(args, 'fgsm_test', False)), pgd=bool(getattr(args, 'pgd_test', False)))
-    needs_magick = [c for c in p.corruptions if c in NEEDS_MAGICK]
-    if needs_magick and not magick.available()[0]:
-        raise _user_error(f'--corruption {",".join(needs_magick)}: {magick.available()[1]}')
+    why = missing_requirement(p.corruptions)
+    if why is not None:
+        raise UserError(f'--corruption {why}')
     inc = getattr(args, 'inc_path', None)
     if getattr(args, 'inc_corruption', None) and not inc:
-        raise _user_error('--inc_corruption selects ImageNet-C folders: it needs --inc_path '
+        raise UserError('--inc_corruption selects ImageNet-C folders: it needs --inc_path '
                           '(--corruption corrupts the val split on the fly)')
     roots = {key: getattr(args, attr, None) for key, (attr, _) in FOLDER_FLAGS.items()}
     if inc or any(roots.values()):
@@ -121,17 +123,6 @@ def plan(args, model) -> Plan:
 
 # ---------------------------------------------------------------------------------------------------------
 
-def amp_dtype(args) -> Optional[torch.dtype]:
-    amp = getattr(args, 'amp', None)
-    if amp in (None, False, '', 'none', 'None', 'off', 'fp32', 'float32'):
-        return None
-    if isinstance(amp, torch.dtype):
-        return amp
-    if amp in ('fp16', 'float16', 'half'):
-        return torch.float16
-    return torch.bfloat16      # True, 'bf16', 'bfloat16'
-
-
 def _limit(dataset, n: Optional[int]):
     """Evenly spaced ``n`` samples (all classes of a sorted ImageFolder stay represented)."""
     if not n or n >= len(dataset):
@@ -140,21 +131,8 @@ def _limit(dataset, n: Optional[int]):
     return Subset(dataset, sorted(set(idx.tolist())))
 
 
-def _loader(dataset, args, device) -> DataLoader:
-    """Sequential loader; with several processes each takes the shard rank, rank + world, ... (no padding:
-    ``engine.evaluate`` sums the counts over processes)."""
-    import misc
-    sampler = list(range(misc.get_rank(), len(dataset), misc.get_world_size())) if misc.is_dist() else None
-    batch = getattr(args, 'eval_batch_size', None) or getattr(args, 'batch_size', None) or 64
-    return DataLoader(dataset, batch_size=int(batch), shuffle=False, sampler=sampler,
-                      num_workers=int(getattr(args, 'num_workers', 0) or 0),
-                      pin_memory=bool(getattr(args, 'pin_mem', False)) and device.type == 'cuda')
-
-
 def _crop_only_transform(args):
     """ImageNet-C's images are 224 x 224 crops already: centre crop to the input size, no resize."""
-    from torchvision import transforms
-    from datasets.transforms import ConvertMode, fit_channels, input_hw
     in_chans = int(getattr(args, 'in_chans', 3))
     normalize = transforms.Normalize(fit_channels(args.mean, in_chans), fit_channels(args.std, in_chans))
     return transforms.Compose([ConvertMode(in_chans), transforms.CenterCrop(input_hw(args)), transforms.ToTensor(),
@@ -162,27 +140,27 @@ def _crop_only_transform(args):
 
 
 class Runner:
-    def __init__(self, args, model, device):
-        import engine
-        self.args, self.model, self.device, self.engine = args, model, device, engine
-        self.amp = amp_dtype(args)
+    """Builds the benchmark datasets from the data settings in ``args`` and evaluates them with the pieces
+    the caller resolved: ``make_loader(dataset)`` and ``evaluate(loader, model, device, amp_dtype=, desc=,
+    **kw)`` (``engine.evaluate``'s signature)."""
+
+    def __init__(self, args, model, device, *, amp_dtype: Optional[torch.dtype], make_loader: Callable,
+                 evaluate: Callable):
+        self.args, self.model, self.device, self.amp = args, model, device, amp_dtype
+        self.make_loader, self.evaluate_fn = make_loader, evaluate
         self.limit = getattr(args, 'robust_limit', None)
-        self.progress = bool(getattr(args, 'progress', True))
 
     def evaluate(self, dataset, desc, **kw) -> Dict:
-        loader = _loader(dataset, self.args, self.device)
-        stats = self.engine.evaluate(loader, self.model, self.device, amp_dtype=self.amp, desc=desc,
-                                     progress=self.progress, **kw)
+        stats = self.evaluate_fn(self.make_loader(dataset), self.model, self.device, amp_dtype=self.amp, desc=desc,
+                                 **kw)
         _logger.info('%s: top-1 %.2f%% (n=%d)', desc, stats['acc1'], stats['n'])
         return stats
 
     def val(self, corruption=None):
-        import datasets
         dataset, _ = datasets.build_dataset(False, self.args, corruption=corruption)
         return dataset
 
     def folder(self, root, index, flag, crop_only=False):
-        import datasets
         if crop_only:
             ds = datasets.SafeImageFolder(root, transform=_crop_only_transform(self.args), what=f'{flag} {root}')
         else:
@@ -225,9 +203,8 @@ def class_folder(r: Runner, p: Plan, key: str) -> Dict:
     return {'source': p.folders[key], 'classes': len(classes), **stats}
 
 
-def execute(p: Plan, args, model, device) -> Dict:
-    """Evaluate everything in ``p``; returns the report (see ``robustness.report``)."""
-    r = Runner(args, model, device)
+def execute(p: Plan, args, r: Runner) -> Dict:
+    """Evaluate everything in ``p`` with ``r``; returns the report (see ``robustness.report``)."""
     seed = int(getattr(args, 'robust_seed', 0) or 0)
     profile = getattr(args, 'corruption_profile', 'auto') or 'auto'
     data = getattr(args, 'data_set', None) or 'val'
@@ -263,7 +240,6 @@ def _eps(args, name, default) -> float:
 
 
 def _norm(args):
-    from datasets.transforms import fit_channels
     in_chans = int(getattr(args, 'in_chans', 3))
     return fit_channels(args.mean, in_chans), fit_channels(args.std, in_chans)
 

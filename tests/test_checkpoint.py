@@ -95,3 +95,53 @@ def test_plain_vit_weights_initialise_absvit():
     bad = dict(vit.state_dict(), **{'blocks.0.unknown': torch.zeros(1)})
     with pytest.raises(CheckpointError, match='blocks.0.unknown'):
         adapt_state_dict(absvit, bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# Files torch.load(weights_only=True) rejects: our own one-line message, never torch's retry advice.
+
+TORCH_ADVICE = ('weights_only=False', 'weights_only` set to `False`', 'will likely succeed')
+
+
+def _one_line_error(path):
+    with pytest.raises(CheckpointError) as err:
+        models.load_checkpoint_file(str(path))
+    text = str(err.value)
+    assert '\n' not in text and str(path) in text, text
+    assert not any(advice in text for advice in TORCH_ADVICE), text
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained torch message
+    return text
+
+
+def test_truncated_or_garbage_checkpoint_says_so_and_names_the_file(tmp_path):
+    good = tmp_path / 'good.pth'
+    torch.save({'model': timm.create_model(NAME).state_dict()}, good)
+    data = good.read_bytes()
+    cut = tmp_path / 'cut.pth'
+    cut.write_bytes(data[:len(data) // 2])  # a copy interrupted half-way
+    text = _one_line_error(cut)
+    assert 'corrupt or truncated' in text and f'({len(data) // 2} bytes)' in text
+    for name, content in (('garbage.pth', b'not a checkpoint at all'), ('empty.pth', b'')):
+        (tmp_path / name).write_bytes(content)
+        assert 'corrupt or truncated' in _one_line_error(tmp_path / name)
+    assert 'model' in models.load_checkpoint_file(str(good))  # the intact file still loads
+
+
+class RunsCode:
+    """What a malicious checkpoint pickles: unpickling it would call os.system."""
+
+    def __reduce__(self):
+        import os
+        return os.system, ('echo this must never run',)
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path, capfd):
+    evil = tmp_path / 'evil.pth'
+    torch.save({'model': timm.create_model(NAME).state_dict(), 'payload': RunsCode()}, evil)
+    text = _one_line_error(evil)
+    assert text.startswith(f'refused to load checkpoint {evil}') and 'may run code' in text
+    assert 'system' in text  # names what it refused
+    assert 'this must never run' not in capfd.readouterr().out
+    plain_class = tmp_path / 'payload.pth'
+    torch.save({'model': timm.create_model(NAME).state_dict(), 'extra': Payload()}, plain_class)
+    assert 'test_checkpoint.Payload' in _one_line_error(plain_class)

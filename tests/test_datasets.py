@@ -135,3 +135,45 @@ def test_folder_errors_name_paths(tmp_path):
     with pytest.raises(UnreadableImageError, match='broken.jpg'):
         ds[idx]
     assert [p for p, _ in unreadable_images(root)] == [bad]
+
+
+# ------------------------------------------------------------------------------------------------
+# Recipes: one source (datasets/recipes.py) for main.py, the configs, the benchmarks and the demos.
+
+def test_every_dataset_has_a_recipe_setting_the_same_flags():
+    from datasets.recipes import RECIPE_KEYS, RECIPES
+    assert set(RECIPES) == set(datasets.DATASETS)
+    assert all(tuple(r) == RECIPE_KEYS for r in RECIPES.values())
+    copy = datasets.recipe('IMNET')
+    copy['mean'].append(0.0)  # a copy: changing it leaves the recipe alone
+    assert len(RECIPES['IMNET']['mean']) == 3 and RECIPES['FOLDER'] is RECIPES['IMNET']
+    with pytest.raises(KeyError, match='no recipe'):
+        datasets.recipe('CIFAR')
+
+
+def test_parsed_defaults_are_the_recipe():
+    import options
+    from datasets.recipes import RECIPE_KEYS
+    for data_set in datasets.DATASETS:
+        args = vars(options.parse_args(['--data-set', data_set]))
+        expected = datasets.recipe(data_set)
+        assert {k: args[k] for k in RECIPE_KEYS if k != 'amp'} == {k: v for k, v in expected.items() if k != 'amp'}
+        assert args['amp'] is None  # settled by options.resolve_amp once the device is known
+    args = options.parse_args(['--data-set', 'IMNET'])
+    assert options.resolve_amp(args, torch.device('cpu')) is None and args.amp == 'none'
+    args = options.parse_args(['--data-set', 'IMNET'])
+    assert options.resolve_amp(args, torch.device('cuda')) is torch.float16 and args.amp == 'fp16'
+
+
+def test_shipped_configs_say_only_what_differs_from_the_recipe():
+    """A config key that repeats its recipe's value is dead weight that hides the recipe; ``model`` may
+    name the recipe's own model (the file is about it), ``amp: fp16`` also asks for fp16 off CUDA."""
+    import yaml
+    from pathlib import Path
+    configs = sorted((Path(datasets.__file__).parents[1] / 'configs').glob('*.yaml'))
+    assert configs
+    for path in configs:
+        cfg = {k.replace('-', '_'): v for k, v in yaml.safe_load(path.read_text()).items()}
+        recipe = datasets.recipe(cfg.get('data_set', 'FMNIST'))
+        repeated = [k for k, v in cfg.items() if k in recipe and k not in ('model', 'amp') and recipe[k] == v]
+        assert not repeated, f'{path.name} repeats the recipe: {repeated}'
