@@ -264,9 +264,8 @@ _CLOCKS = {'wall': time.perf_counter, 'process': time.process_time}
 _now = time.perf_counter  # set by main() from --clock
 
 def _phases_topdown(model, x, y, crit, opt, amp, device) -> List[tuple]:
-    """Time the phases of one AbS training step with the model's own building blocks
-    (``models.topdown.TopDownMixin.forward_top_down`` / the naive reference's methods)."""
-    from models.topdown import variational_loss
+    """Time the phases of one AbS training step: the model's own ``forward_top_down`` marks them
+    (``phase=``), the naive reference's methods are timed in the same phases."""
     marks = []
     t = [_now()]
 
@@ -276,39 +275,34 @@ def _phases_topdown(model, x, y, crit, opt, amp, device) -> List[tuple]:
         marks.append((name, now - t[0]))
         t[0] = now
 
-    naive = not hasattr(model, 'top_down_signals')
     with amp():
-        if naive:
-            tokens, _, _ = model.forward_features(x)
-            logits1 = model.forward_head(tokens)
-            mark('pass 1 (bottom-up)')
-            td = model.feedback(model.reweight(tokens))
-            mark('prior + feedback')
-            tokens2, ins, outs = model.forward_features(x, td)
-            logits2 = model.forward_head(tokens2)
-            mark('pass 2 (top-down)')
-            vloss = model.var_loss(ins, outs)
-            mark('variational loss')
+        if hasattr(model, 'forward_top_down'):
+            out = model.forward_top_down(x, var_loss=True, phase=mark)
         else:
-            prior = model.resolve_prior()
-            tokens = model.forward_features(x)
-            logits1 = model.forward_head(tokens)
-            mark('pass 1 (bottom-up)')
-            signals, _ = model.top_down_signals(tokens, prior, model.alpha)
-            mark('prior + feedback')
-            tokens2, ins, outs = model.forward_features(x, td=signals, collect=True)
-            logits2 = model.forward_head(tokens2)
-            mark('pass 2 (top-down)')
-            vloss = variational_loss(model.decoders, ins, outs)
-            mark('variational loss')
-        from models import TopDownOutput
-        loss = crit(TopDownOutput(logits2, (logits1, logits2), vloss), y)
+            out = _naive_phases(model, x, mark)
+        loss = crit(out, y)
     loss.backward()
     mark('loss + backward')
     opt.step()
     opt.zero_grad(set_to_none=True)
     mark('optimizer')
     return marks
+
+
+def _naive_phases(model, x, mark):
+    """``benchmarks/naive_absvit.py``'s forward, phase by phase."""
+    from models import TopDownOutput
+    tokens, _, _ = model.forward_features(x)
+    logits1 = model.forward_head(tokens)
+    mark('pass 1 (bottom-up)')
+    td = model.feedback(model.reweight(tokens))
+    mark('prior + feedback')
+    tokens2, ins, outs = model.forward_features(x, td)
+    logits2 = model.forward_head(tokens2)
+    mark('pass 2 (top-down)')
+    vloss = model.var_loss(ins, outs)
+    mark('variational loss')
+    return TopDownOutput(logits2, (logits1, logits2), vloss)
 
 
 def _phases_plain(model, x, y, crit, opt, amp, device) -> List[tuple]:

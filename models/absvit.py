@@ -6,73 +6,92 @@ reference release (timm ViT keys + ``prompt`` + ``decoders.{i}.linear/linear2.we
 
 The release projects the top-down tokens with the full qkv and keeps only v:
 ``v = W_v x + b_v + W_v td + b_v``. We fold it into one value projection,
-``v = W_v (x + td) + 2 b_v``, so the second pass costs what a plain ViT pass costs.
+``v = W_v (x + td) + 2 b_v`` (``topdown.fold_value_signal``), so the second pass costs what a plain
+ViT pass costs.
+
+timm: ``forward_features`` / ``forward_intermediates`` / ``features_only`` report the top-down pass
+(``forward_intermediates(top_down=False)`` the bottom-up one); TorchScript and FX tracing work in every
+``td_mode`` and keep the steering inputs (``prior``, ``classes``, ``alpha``); both give the logits
+(``return_aux=True`` needs the eager model).
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, register_model, generate_default_cfgs
+from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, _cfg
 
-from .topdown import TopDownMixin
+from .topdown import PassOutput, TopDownMixin, fold_value_signal
 
 __all__ = ['TopDownAttention', 'TopDownBlock', 'AbSViT']
 
-# How each top-down mode enters the attention (see topdown.TD_MODES).
-_ATTN_SIGNAL = {'abs': 'value', 'feedback': 'value', 'qkv': 'qkv', 'maskatt': 'mask', 'perceiver': 'value'}
+#: How an attention can take its block's top-down signal (``TopDownMode.signal``).
+SIGNALS = ('value', 'qkv', 'mask', 'none')
 
 
 class TopDownAttention(Attention):
     """timm's Attention that also takes a top-down signal ``td`` in its second pass.
 
-    ``signal`` says how: ``value`` (AbSViT: td added to v only, through v's own projection and bias),
-    ``qkv`` (td added to q, k and v), ``mask`` (``td`` is a (B, N, 1) token mask multiplying v).
-    With ``record_weights`` set, the softmax attention weights of the last call are kept in
-    ``attn_weights`` (B, heads, N, N) for inspection.
+    ``signal`` (a constructor argument) says how: ``value`` (AbSViT: td added to v only, through v's
+    own projection and bias), ``qkv`` (td added to q, k and v), ``mask`` (``td`` is a (B, N, 1) token
+    mask multiplying v) or ``none`` (a mode without a second pass). With ``record_weights`` set, the
+    softmax attention weights of the last call are kept in ``attn_weights`` (B, heads, N, N).
+    Attention masks are not supported (AbSViT never masks).
     """
+    attn_weights: Optional[torch.Tensor]
+    default_signal = 'value'
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, signal: Optional[str] = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.signal = 'value'
+        signal = self.default_signal if signal is None else signal
+        if signal not in SIGNALS:
+            raise ValueError(f'signal must be one of {SIGNALS}, got {signal!r}')
+        self.signal = signal
         self.record_weights = False
-        self.attn_weights: Optional[torch.Tensor] = None
+        self.attn_weights = None
 
-    def _qkv(self, x: torch.Tensor, td: Optional[torch.Tensor]):
-        B, N, _ = x.shape
+    @staticmethod
+    def for_signal(signal: str) -> type:
+        """This class with ``signal`` as its default: timm's Block builds its attention from a class
+        (``attn_layer``), so that is how a ViT hands the mode's signal to every attention it builds."""
+        return _ATTENTION_FOR_SIGNAL[signal]
+
+    def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, N, n * heads * d) -> (n, B, heads, N, d)."""
+        return t.reshape(t.shape[0], t.shape[1], n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def _qkv(self, x: torch.Tensor, td: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         w, b = self.qkv.weight, self.qkv.bias
-        heads = lambda t, n: t.reshape(B, N, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if td is not None and self.signal == 'value':
-            # W_v x + b_v + W_v td + b_v, folded: one value projection of (x + td)
-            d = self.attn_dim
-            q, k = heads(F.linear(x, w[:2 * d], None if b is None else b[:2 * d]), 2).unbind(0)
-            v = heads(F.linear(x + td, w[2 * d:], None if b is None else 2 * b[2 * d:]), 1)[0]
-        elif td is not None and self.signal == 'qkv':
-            q, k, v = heads(F.linear(x + td, w, None if b is None else 2 * b), 3).unbind(0)
-        elif td is None or self.signal == 'mask':
-            q, k, v = heads(self.qkv(x), 3).unbind(0)
+        d = self.attn_dim
+        if td is None or self.signal == 'mask':
+            q, k, v = self._heads(self.qkv(x), 3).unbind(0)
             if td is not None:
-                v = v * td.reshape(B, 1, N, 1).to(v.dtype)
+                v = v * td.reshape(x.shape[0], 1, x.shape[1], 1).to(v.dtype)
+        elif self.signal == 'value':
+            q, k = self._heads(F.linear(x, w[:2 * d], None if b is None else b[:2 * d]), 2).unbind(0)
+            xv, bv = fold_value_signal(x, td, None if b is None else b[2 * d:])
+            v = self._heads(F.linear(xv, w[2 * d:], bv), 1)[0]
+        elif self.signal == 'qkv':
+            xs, bs = fold_value_signal(x, td, b)
+            q, k, v = self._heads(F.linear(xs, w, bs), 3).unbind(0)
         else:
-            raise ValueError(f'unknown top-down signal {self.signal!r}')
+            raise ValueError(f"an attention with signal '{self.signal}' takes no top-down signal")
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(self, x: torch.Tensor, td: Optional[torch.Tensor] = None,
                 attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
-        if td is None and not self.record_weights:
-            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if attn_mask is not None or is_causal:
-            raise NotImplementedError('attention masks are not supported with a top-down signal')
+            raise NotImplementedError('attention masks are not supported by TopDownAttention')
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self._qkv(x, td)
-        if self.record_weights:
+        if self.record_weights or not self.fused_attn:
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            self.attn_weights = attn.detach()
+            if self.record_weights:
+                self.attn_weights = attn.detach()
             x = self.attn_drop(attn) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
@@ -80,6 +99,17 @@ class TopDownAttention(Attention):
         if gate is not None:
             x = x * gate
         return self.proj_drop(self.proj(x))
+
+
+def _attention_class(signal: str) -> type:
+    name = f'TopDownAttention{signal.capitalize()}'
+    cls = type(name, (TopDownAttention,), {'default_signal': signal, '__module__': __name__,
+                                             '__doc__': f'TopDownAttention with signal {signal!r}.'})
+    globals()[name] = cls  # importable by name (pickling)
+    return cls
+
+
+_ATTENTION_FOR_SIGNAL: Dict[str, type] = {s: _attention_class(s) for s in SIGNALS}
 
 
 class TopDownBlock(Block):
@@ -104,41 +134,94 @@ class AbSViT(TopDownMixin, VisionTransformer):
     """
 
     def __init__(self, *args, td_mode: str = 'abs', alpha: float = 1.0, **kwargs):
+        mode = self.resolve_td_mode(td_mode)
         kwargs.setdefault('block_fn', TopDownBlock)
-        kwargs.setdefault('attn_layer', TopDownAttention)  # timm hands its own default to every block
+        # timm hands its attn_layer to every block: each attention is built with the mode's signal
+        kwargs.setdefault('attn_layer', TopDownAttention.for_signal(mode.signal))
         super().__init__(*args, **kwargs)
-        self.init_top_down([self.embed_dim] * len(self.blocks), td_mode=td_mode, alpha=alpha)
-        if self.decoders is not None:
-            for dec in self.decoders:  # the release initialises decoders like every timm ViT linear
-                trunc_normal_(dec.linear.weight, std=.02)
-                trunc_normal_(dec.linear2.weight, std=.02)
-        for blk in self.blocks:
-            blk.attn.signal = _ATTN_SIGNAL[td_mode]
+        self.init_top_down([self.embed_dim] * len(self.blocks), mode, alpha, device=kwargs.get('device'),
+                           dtype=kwargs.get('dtype'))
 
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return super().no_weight_decay() | self.no_weight_decay_top_down()
+    def class_prototypes(self) -> Optional[torch.Tensor]:
+        """The linear head's weight rows (``None`` without a classifier); ``hasattr`` because TorchScript
+        resolves it when compiling, where it cannot test a submodule's class."""
+        if hasattr(self.head, 'weight'):
+            return self.head.weight
+        return None
 
-    def forward_features(self, x: torch.Tensor, td: Optional[Sequence[torch.Tensor]] = None,
-                         collect: bool = False):
-        """Tokens after the final norm. ``td``: one signal per block (second pass).
-        ``collect``: also return every block's input and output tokens."""
+    def num_td_blocks(self) -> int:
+        return len(self.blocks)
+
+    def forward_pass(self, x: torch.Tensor, td: Optional[List[torch.Tensor]] = None, collect: bool = False,
+                     depth: Optional[int] = None) -> PassOutput:
+        """One pass: tokens after the final norm. ``td``: one signal per block (the top-down pass);
+        ``collect``: also every block's input and output tokens; ``depth``: only the first blocks."""
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
-        checkpointing = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
-        if td is None and not collect:
-            x = checkpoint_seq(self.blocks, x) if checkpointing else self.blocks(x)
-            return self.norm(x)
-        if td is not None and len(td) != len(self.blocks):
-            raise ValueError(f'{len(td)} top-down signals for {len(self.blocks)} blocks')
         ins: List[torch.Tensor] = []
         outs: List[torch.Tensor] = []
-        for i, blk in enumerate(self.blocks):
-            ins.append(x)
+        if td is None and not collect and depth is None:
+            if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint_seq(self.blocks, x)
+            else:
+                x = self.blocks(x)
+            return PassOutput(self.norm(x), ins, outs)
+        if td is not None and len(td) != len(self.blocks):
+            raise ValueError(f'{len(td)} top-down signals for {len(self.blocks)} blocks')
+        if torch.jit.is_scripting() or depth is None:
+            blocks = self.blocks
+        else:
+            blocks = self.blocks[:depth]
+        for i, blk in enumerate(blocks):
             signal = None if td is None else td[i]
-            x = checkpoint(blk, x, signal, use_reentrant=False) if checkpointing else blk(x, signal)
-            outs.append(x)
-        x = self.norm(x)
-        return (x, ins, outs) if collect else x
+            if collect:
+                ins.append(x)
+            if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, signal, use_reentrant=False)
+            else:
+                x = blk(x, signal)
+            if collect:
+                outs.append(x)
+        return PassOutput(self.norm(x), ins, outs)
+
+    @torch.jit.ignore
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = 'NCHW', intermediates_only: bool = False, output_dict: bool = False,
+                              top_down: bool = True, prior: Optional[torch.Tensor] = None, classes=None,
+                              alpha: Optional[float] = None):
+        """timm's ``VisionTransformer.forward_intermediates`` (same arguments and returns) reporting the
+        top-down pass, or the bottom-up one with ``top_down=False``; steering inputs as in ``forward``.
+        Perceiver mode reports its only pass, with the reweighted tokens as final features. The final
+        features equal ``forward_features(x)`` (top-down) or ``bottom_up(x)``."""
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        signals, prior, alpha = self.signals_for(x, top_down, prior, classes, alpha)
+        tokens, _, outs = self.forward_pass(x, signals, collect=True, depth=max_index + 1 if stop_early else None)
+        inter, prefix = self._split_tokens([self.norm(outs[i]) if norm else outs[i] for i in take_indices],
+                                           x.shape[-2:], output_fmt)
+        if output_dict:
+            result = {'image_intermediates': inter}
+            if prefix is not None and return_prefix_tokens:
+                result['image_intermediates_prefix'] = prefix
+            if not intermediates_only:
+                result['image_features'] = self.finish_features(tokens, top_down, prior, alpha)
+            return result
+        if return_prefix_tokens and prefix is not None:
+            inter = list(zip(inter, prefix))
+        if intermediates_only:
+            return inter
+        return self.finish_features(tokens, top_down, prior, alpha), inter
+
+    def _split_tokens(self, tokens: List[torch.Tensor], img_hw, output_fmt: str):
+        """Block outputs -> (patch features as NCHW maps or NLC tokens, prefix tokens or None)."""
+        n = self.num_prefix_tokens
+        prefix = [t[:, :n] for t in tokens] if n else None
+        patches = [t[:, n:] for t in tokens]
+        if output_fmt == 'NCHW':
+            H, W = self.patch_embed.dynamic_feat_size((img_hw[0], img_hw[1]))
+            patches = [t.reshape(t.shape[0], H, W, -1).permute(0, 3, 1, 2).contiguous() for t in patches]
+        return patches, prefix
 
     def tokens_to_map(self, tokens: torch.Tensor, img_hw) -> torch.Tensor:
         """(B, N, C) tokens (prefix tokens included) to a (B, C, H/p, W/p) map of the patch tokens."""
@@ -150,7 +233,7 @@ class AbSViT(TopDownMixin, VisionTransformer):
 
 # ---------------------------------------------------------------------------------------------
 # Registry. Names and configs follow the reference release; no weights are hosted, so the
-# pretrained configs carry no URL: load release files with checkpoint_path= or models.load_checkpoint.
+# pretrained configs carry no URL: load release files with checkpoint_path= or models.load_weights.
 
 def _abs_cfg(**kwargs):
     # the release trains and evaluates with DeiT's ImageNet mean/std (timm's ViT default is 0.5/0.5)
@@ -173,7 +256,9 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool = False, cls=AbSViT, **kwargs):
-    return build_model_with_cfg(cls, variant, pretrained, **kwargs)
+    # features_only as timm's ViT: the last 3 blocks through forward_intermediates (FeatureGetterNet)
+    return build_model_with_cfg(cls, variant, pretrained, feature_cfg=dict(out_indices=3, feature_cls='getter'),
+                                **kwargs)
 
 
 _TINY = dict(embed_dim=192, depth=12, num_heads=3)

@@ -21,23 +21,33 @@ train from PyTorch's default initialisation; we keep that (plus its truncated-no
 
 Inputs must give every deformable block a map of at least 2x2 (images of 33 px or more for the
 DAT++ layout; the release itself returns NaN below that).
+
+timm: ``forward_features`` gives the final map channel-last (``output_fmt = 'NHWC'``), the four stages
+are the features (``feature_info``, ``features_only`` through ``forward_intermediates``), FX tracing
+works with timm's tracer settings (the neighbourhood attention is a leaf module). TorchScript does not:
+see ``NeighborhoodAttention2D.__prepare_scriptable__``.
 """
 import itertools
+import logging
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from contextlib import nullcontext
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, register_notrace_function, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
 from .neighborhood_attention import neighborhood_attention
-from .topdown import TopDownMixin
+from .topdown import PassOutput, TopDownMixin, fold_value_signal
 
-__all__ = ['DAT', 'AbSDAT', 'DeformableAttention', 'NeighborhoodAttention2D']
+__all__ = ['DAT', 'AbSDAT', 'DeformableAttention', 'NeighborhoodAttention2D', 'dat_kwargs_from_release']
+
+_logger = logging.getLogger(__name__)
 
 
 class ChannelNorm(nn.Module):
@@ -94,18 +104,12 @@ class TokenMlp(nn.Module):
         return self.chunk(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def _value_with_td(x: torch.Tensor, td: Optional[torch.Tensor], weight, bias, linear) -> torch.Tensor:
-    """The value projection, with a top-down signal as AbSViT adds it: ``v(x) + v(td)`` (bias included),
-    computed as one projection ``W (x + td) + 2 b``."""
-    if td is None:
-        return linear(x, weight, bias)
-    return linear(x + td, weight, None if bias is None else 2 * bias)
-
-
+@register_notrace_module
 class NeighborhoodAttention2D(nn.Module):
     """Neighbourhood attention (kernel ``k``, relative-position bias) on (B, C, H, W) maps.
 
-    ``td`` (same shape as ``x``) is the top-down signal, added to the value only (before AV).
+    ``td`` (same shape as ``x``) is the top-down signal, added to the value only (before AV). A leaf
+    module for FX: its padding and tiling plan depend on the map size.
     """
 
     def __init__(self, dim: int, kernel_size: int, num_heads: int, attn_drop: float = 0., proj_drop: float = 0.):
@@ -138,12 +142,22 @@ class NeighborhoodAttention2D(nn.Module):
             td = td.permute(0, 2, 3, 1)
             if pad_h or pad_w:
                 td = F.pad(td, (0, 0, 0, pad_w, 0, pad_h))
-        v = _value_with_td(x, td, w[2 * C:], b[2 * C:], F.linear)
+        xv, bv = fold_value_signal(x, td, b[2 * C:])
+        v = F.linear(xv, w[2 * C:], bv)
         qkv = torch.cat([qk, v], -1).reshape(B, H, W, 3, self.num_heads, self.head_dim).permute(3, 0, 4, 1, 2, 5)
         q, k, v = qkv.unbind(0)
         out = neighborhood_attention(q * self.scale, k, v, self.rpb, ks, self.attn_drop)
         out = out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C)[:, :H0, :W0]
         return self.proj_drop(self.proj(out)).permute(0, 3, 1, 2)
+
+    def __prepare_scriptable__(self):
+        """TorchScript calls this before compiling, so scripting any model that holds this module fails
+        here, with the reason: the tiling plan (index tensors cached per map size and device) and the
+        optional natten kernels are chosen in Python at run time, which TorchScript could only call out
+        to (``torch.jit.ignore``: a scripted model that cannot be saved). Use eager, ``torch.compile``
+        or FX (timm's tracer keeps this module a leaf)."""
+        raise RuntimeError('NeighborhoodAttention2D (DAT++) is not scriptable: its tiling plan and the optional '
+                           'natten kernels are chosen in Python at run time; use eager, torch.compile or FX tracing')
 
 
 class DeformableAttention(nn.Module):
@@ -205,11 +219,9 @@ class DeformableAttention(nn.Module):
     def sample_positions(self, q: torch.Tensor) -> torch.Tensor:
         """Deformed sampling positions (B * groups, Hk, Wk, 2) as (y, x) in [-1, 1] from the queries."""
         B, C, H, W = q.shape
-        offset = self.conv_offset(q.reshape(B * self.n_groups, self.n_group_channels, H, W))
-        Hk, Wk = offset.shape[-2:]
-        if min(H, W, Hk, Wk) < 2:
-            raise ValueError(f'deformable attention needs maps and key grids of at least 2x2, got map {H}x{W}, '
-                             f'keys {Hk}x{Wk}: the input image is too small (DAT++ needs 33 px or more)')
+        offset = _checked_key_grid(self.conv_offset(q.reshape(B * self.n_groups, self.n_group_channels, H, W)),
+                                   H, W)
+        Hk, Wk = offset.shape[2], offset.shape[3]
         if self.offset_range_factor >= 0:  # DAT (v1) setting: bounded offsets, no clamp
             scale = offset.new_tensor([1.0 / (Hk - 1.0), 1.0 / (Wk - 1.0)]).view(1, 2, 1, 1)
             offset = offset.tanh().mul(scale).mul(self.offset_range_factor)
@@ -221,14 +233,15 @@ class DeformableAttention(nn.Module):
         B, C, H, W = x.shape
         xs = F.grid_sample(x.reshape(B * self.n_groups, self.n_group_channels, H, W), pos.flip(-1),
                            mode='bilinear', align_corners=True)
-        return xs.reshape(B, C, *pos.shape[1:3])
+        return xs.reshape(B, C, pos.shape[1], pos.shape[2])
 
     def position_bias(self, pos: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """(B * heads, H * W, Hk * Wk) bias, read bilinearly from the table at half the displacement."""
         Bg, Hk, Wk, _ = pos.shape
         qg = self.query_grid(H, W, pos.dtype, pos.device).reshape(1, H * W, 1, 2)
         disp = (qg - pos.reshape(Bg, 1, Hk * Wk, 2)).mul(0.5)
-        table = self.rpe_table.reshape(self.n_groups, self.n_group_heads, *self.rpe_table.shape[1:])
+        table = self.rpe_table.reshape(self.n_groups, self.n_group_heads, self.rpe_table.shape[1],
+                                       self.rpe_table.shape[2])
         table = table.repeat(Bg // self.n_groups, 1, 1, 1)
         bias = F.grid_sample(table, disp.flip(-1), mode='bilinear', align_corners=True)
         return bias.reshape(Bg * self.n_group_heads, H * W, Hk * Wk)
@@ -240,8 +253,8 @@ class DeformableAttention(nn.Module):
         ns = pos.shape[1] * pos.shape[2]
         x_s = self._sample(x, pos)
         k = self.proj_k(x_s)
-        v = _value_with_td(x_s, None if td is None else self._sample(td, pos), self.proj_v.weight,
-                           self.proj_v.bias, F.conv2d)
+        xv, bv = fold_value_signal(x_s, None if td is None else self._sample(td, pos), self.proj_v.bias)
+        v = F.conv2d(xv, self.proj_v.weight, bv)
         hc = self.n_head_channels
         q = q.reshape(B * self.n_heads, hc, H * W)
         k = k.reshape(B * self.n_heads, hc, ns)
@@ -252,6 +265,17 @@ class DeformableAttention(nn.Module):
         attn = self.attn_drop(attn.softmax(dim=2))
         out = torch.einsum('bmn,bcn->bcm', attn, v).reshape(B, C, H, W)
         return self.proj_drop(self.proj_out(out))
+
+
+@torch.fx.wrap
+@register_notrace_function
+def _checked_key_grid(offset: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """The offsets (B * groups, 2, Hk, Wk), checked: a leaf for FX, so traced models check too."""
+    Hk, Wk = offset.shape[-2:]
+    if min(H, W, Hk, Wk) < 2:
+        raise ValueError(f'deformable attention needs maps and key grids of at least 2x2, got map {H}x{W}, '
+                         f'keys {Hk}x{Wk}: the input image is too small (DAT++ needs 33 px or more)')
+    return offset
 
 
 class TransformerStage(nn.Module):
@@ -307,6 +331,8 @@ class TransformerStage(nn.Module):
         return x
 
 
+@torch.fx.wrap
+@register_notrace_function
 def _signal_map(td: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Channel-last signal (B, h, w, C) -> (B, C, H, W) of ``x``; ``h, w >= H, W`` (top-left kept)."""
     B, C, H, W = x.shape
@@ -322,81 +348,104 @@ def _per_stage(name: str, value, n: int = 4) -> list:
     return list(value)
 
 
-class DAT(nn.Module):
-    """DAT++ image classifier. Arguments are the release's ``MODEL.DAT`` config keys (its YAMLs build it).
+#: Keys of the release's ``MODEL.DAT`` configs that this port has no use for: they configure block types
+#: it does not implement (window, slide, pyramid and QnA attention) or, ``lower_lr_kvs``, a training option.
+RELEASE_ONLY_KEYS = ('window_sizes', 'heads_q', 'sr_ratios', 'ns_per_pts', 'ksize_qnas', 'nqs', 'qna_activation',
+                     'lower_lr_kvs')
 
-    Defaults build DAT-T++ (the release's defaults describe v1 DAT with window attention). Keys that
-    only configure block types this port does not implement (``window_sizes``, ``heads_q``,
-    ``sr_ratios``, ``ns_per_pts``, ``ksize_qnas``, ``nqs``, ``qna_activation``) and the training option
-    ``lower_lr_kvs`` are accepted and ignored; options that would need those blocks raise.
-    ``in_chans`` is timm's (the release has 3).
+
+def dat_kwargs_from_release(cfg: dict) -> dict:
+    """``DAT`` keyword arguments from a release ``MODEL.DAT`` config (its YAML): the same keys less
+    ``RELEASE_ONLY_KEYS``, which are dropped and logged. Options that would need those block types
+    still raise in ``DAT`` (e.g. a ``stage_spec`` with them)."""
+    dropped = sorted(k for k in cfg if k in RELEASE_ONLY_KEYS)
+    if dropped:
+        _logger.info('DAT: dropping release config keys this port does not use: %s', ', '.join(dropped))
+    return {k: v for k, v in cfg.items() if k not in RELEASE_ONLY_KEYS}
+
+
+def _check_layout(dims, depths, heads, stage_spec, patch_size, ablations: Dict[str, Sequence[bool]]) -> None:
+    """The release's constraints on a config, and the ablations this port does not implement."""
+    for name, flags in ablations.items():
+        if any(_per_stage(name, flags)):
+            raise NotImplementedError(f'{name}={list(flags)}: this DAT ablation is not implemented; '
+                                      'the DAT++ configs set it False for every stage')
+    for i, spec in enumerate(stage_spec):
+        if len(spec) != depths[i]:
+            raise ValueError(f'stage_spec[{i}] has {len(spec)} blocks but depths[{i}] = {depths[i]}')
+        bad = sorted(set(spec) - {'N', 'D'})
+        if bad:
+            raise NotImplementedError(f'stage_spec[{i}] uses block types {bad}; only N (neighbourhood) and '
+                                      'D (deformable) attention, the DAT++ blocks, are implemented')
+        if dims[i] % heads[i]:
+            raise ValueError(f'dims[{i}] = {dims[i]} is not divisible by heads[{i}] = {heads[i]}')
+    for i in range(1, 4):
+        if dims[i] != 2 * dims[i - 1]:  # the release feeds stage i 2 * dims[i-1] channels
+            raise ValueError(f'dims must double from stage to stage (the release requires it); got {dims}')
+    if patch_size % 2:
+        raise ValueError(f'patch_size must be even, got {patch_size}')
+
+
+def _stem(in_chans: int, dim_stem: int, patch_size: int, use_conv_patches: bool) -> nn.Sequential:
+    if not use_conv_patches:
+        return nn.Sequential(nn.Conv2d(in_chans, dim_stem, patch_size, patch_size), ChannelNorm(dim_stem))
+    half = dim_stem // 2
+    return nn.Sequential(
+        nn.Conv2d(in_chans, half, 3, patch_size // 2, 1), ChannelNorm(half), nn.GELU(),
+        nn.Conv2d(half, dim_stem, 3, patch_size // 2, 1), ChannelNorm(dim_stem))
+
+
+class DAT(nn.Module):
+    """DAT++ image classifier. Arguments are the release's ``MODEL.DAT`` config keys; build from a
+    release YAML with ``DAT(**dat_kwargs_from_release(cfg))``, which drops the keys that configure
+    block types this port does not implement (``RELEASE_ONLY_KEYS``).
+
+    Defaults build DAT-T++ (the release's defaults describe v1 DAT with window attention); options
+    that would need other block types raise. ``in_chans``, ``global_pool`` (``'avg'`` or ``''``),
+    ``device`` and ``dtype`` are timm's.
     """
 
     def __init__(self, img_size=224, patch_size=4, num_classes=1000, expansion=4, dim_stem=64,
-                 dims=(64, 128, 256, 512), depths=(2, 4, 18, 2), heads=(2, 4, 8, 16), heads_q=(6, 12, 24, 48),
-                 window_sizes=(7, 7, 7, 7), drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.2,
-                 strides=(8, 4, 2, 1), offset_range_factor=(-1, -1, -1, -1),
+                 dims=(64, 128, 256, 512), depths=(2, 4, 18, 2), heads=(2, 4, 8, 16), drop_rate=0.0,
+                 attn_drop_rate=0.0, drop_path_rate=0.2, strides=(8, 4, 2, 1), offset_range_factor=(-1, -1, -1, -1),
                  stage_spec=(('N', 'D'), ('N', 'D') * 2, ('N', 'D') * 9, ('D', 'D')), groups=(1, 2, 4, 8),
-                 use_pes=(True,) * 4, dwc_pes=(False,) * 4, sr_ratios=(8, 4, 2, 1), lower_lr_kvs=None,
-                 fixed_pes=(False,) * 4, no_offs=(False,) * 4, ns_per_pts=(4, 4, 4, 4), use_dwc_mlps=(True,) * 4,
-                 use_conv_patches=True, ksizes=(9, 7, 5, 3), ksize_qnas=(3, 3, 3, 3), nqs=(2, 2, 2, 2),
-                 qna_activation='exp', nat_ksizes=(7, 7, 7, 7), layer_scale_values=(-1,) * 4,
-                 use_lpus=(True,) * 4, log_cpb=(False,) * 4, in_chans=3):
+                 use_pes=(True,) * 4, dwc_pes=(False,) * 4, fixed_pes=(False,) * 4, no_offs=(False,) * 4,
+                 use_dwc_mlps=(True,) * 4, use_conv_patches=True, ksizes=(9, 7, 5, 3), nat_ksizes=(7, 7, 7, 7),
+                 layer_scale_values=(-1,) * 4, use_lpus=(True,) * 4, log_cpb=(False,) * 4, in_chans=3,
+                 global_pool='avg', device=None, dtype=None):
         super().__init__()
         dims, depths, heads, groups = (_per_stage(n, v) for n, v in
                                        (('dims', dims), ('depths', depths), ('heads', heads), ('groups', groups)))
         stage_spec = _per_stage('stage_spec', stage_spec)
-        for name, flags in (('dwc_pes', dwc_pes), ('fixed_pes', fixed_pes), ('no_offs', no_offs),
-                            ('log_cpb', log_cpb)):
-            if any(_per_stage(name, flags)):
-                raise NotImplementedError(f'{name}={list(flags)}: this DAT ablation is not implemented; '
-                                          'the DAT++ configs set it False for every stage')
-        for i, spec in enumerate(stage_spec):
-            if len(spec) != depths[i]:
-                raise ValueError(f'stage_spec[{i}] has {len(spec)} blocks but depths[{i}] = {depths[i]}')
-            bad = sorted(set(spec) - {'N', 'D'})
-            if bad:
-                raise NotImplementedError(f'stage_spec[{i}] uses block types {bad}; only N (neighbourhood) and '
-                                          'D (deformable) attention, the DAT++ blocks, are implemented')
-            if dims[i] % heads[i]:
-                raise ValueError(f'dims[{i}] = {dims[i]} is not divisible by heads[{i}] = {heads[i]}')
-        for i in range(1, 4):
-            if dims[i] != 2 * dims[i - 1]:  # the release feeds stage i 2 * dims[i-1] channels
-                raise ValueError(f'dims must double from stage to stage (the release requires it); got {dims}')
-        if patch_size % 2:
-            raise ValueError(f'patch_size must be even, got {patch_size}')
-
-        self.num_classes = num_classes
+        _check_layout(dims, depths, heads, stage_spec, patch_size,
+                      dict(dwc_pes=dwc_pes, fixed_pes=fixed_pes, no_offs=no_offs, log_cpb=log_cpb))
+        if global_pool not in ('avg', ''):
+            raise ValueError(f"DAT pools by averaging; global_pool must be 'avg' or '', got {global_pool!r}")
+        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
         self.num_features = self.head_hidden_size = dims[-1]
         self.depths, self.dims = depths, dims
-        norm = ChannelNorm
-        if use_conv_patches:
-            half = dim_stem // 2
-            self.patch_proj = nn.Sequential(
-                nn.Conv2d(in_chans, half, 3, patch_size // 2, 1), norm(half), nn.GELU(),
-                nn.Conv2d(half, dim_stem, 3, patch_size // 2, 1), norm(dim_stem))
-        else:
-            self.patch_proj = nn.Sequential(nn.Conv2d(in_chans, dim_stem, patch_size, patch_size), norm(dim_stem))
-
+        self.output_fmt = 'NHWC'  # forward_features' map, as timm reads it
+        self.feature_info = [dict(num_chs=d, reduction=patch_size * 2 ** i, module=f'stages.{i}')
+                             for i, d in enumerate(dims)]
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
         ranges = _per_stage('offset_range_factor', offset_range_factor)
         per = {n: _per_stage(n, v) for n, v in (('use_pes', use_pes), ('strides', strides), ('ksizes', ksizes),
                                                 ('nat_ksizes', nat_ksizes), ('use_dwc_mlps', use_dwc_mlps),
                                                 ('layer_scale_values', layer_scale_values), ('use_lpus', use_lpus))}
-        fmap = img_size // patch_size
-        self.stages = nn.ModuleList()
-        for i in range(4):
-            self.stages.append(TransformerStage(
-                fmap, dim_stem if i == 0 else dims[i], dims[i], depths[i], stage_spec[i], groups[i],
-                per['use_pes'][i], heads[i], per['strides'][i], ranges[i], attn_drop_rate, drop_rate, expansion,
-                dpr[sum(depths[:i]):sum(depths[:i + 1])], per['use_dwc_mlps'][i], per['ksizes'][i],
-                per['nat_ksizes'][i], per['layer_scale_values'][i], per['use_lpus'][i]))
-            fmap //= 2
-        k, s, p = (3, 2, 1) if use_conv_patches else (2, 2, 0)
-        self.down_projs = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(dims[i], dims[i + 1], k, s, p, bias=False), norm(dims[i + 1])) for i in range(3)])
-        self.cls_norm = norm(dims[-1])
-        self.cls_head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        with torch.device(device) if device is not None else nullcontext():  # timm's factory placement
+            self.patch_proj = _stem(in_chans, dim_stem, patch_size, use_conv_patches)
+            self.stages = nn.ModuleList([TransformerStage(
+                (img_size // patch_size) >> i, dim_stem if i == 0 else dims[i], dims[i], depths[i], stage_spec[i],
+                groups[i], per['use_pes'][i], heads[i], per['strides'][i], ranges[i], attn_drop_rate, drop_rate,
+                expansion, dpr[sum(depths[:i]):sum(depths[:i + 1])], per['use_dwc_mlps'][i], per['ksizes'][i],
+                per['nat_ksizes'][i], per['layer_scale_values'][i], per['use_lpus'][i]) for i in range(4)])
+            k, s, p = (3, 2, 1) if use_conv_patches else (2, 2, 0)
+            self.down_projs = nn.ModuleList([nn.Sequential(nn.Conv2d(dims[i], dims[i + 1], k, s, p, bias=False),
+                                                           ChannelNorm(dims[i + 1])) for i in range(3)])
+            self.cls_norm = ChannelNorm(dims[-1])
+            self.cls_head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        if dtype is not None:
+            self.to(dtype)
 
     # -- timm interface ----------------------------------------------------------------------------
     @torch.jit.ignore
@@ -413,37 +462,98 @@ class DAT(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.cls_head
 
+    def class_prototypes(self) -> Optional[torch.Tensor]:
+        """The linear classifier's weight rows (class-prototype priors of AbS-DAT)."""
+        return self.cls_head.weight if isinstance(self.cls_head, nn.Linear) else None
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool not in (None, 'avg'):
-            raise ValueError(f"DAT pools by averaging; global_pool must be 'avg', got {global_pool!r}")
+        """A new classifier on the device and dtype of the model; ``global_pool`` ``'avg'`` or ``''``."""
+        if global_pool is not None:
+            if global_pool not in ('avg', ''):
+                raise ValueError(f"DAT pools by averaging; global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        ref = next(self.parameters())
         self.num_classes = num_classes
-        self.cls_head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.cls_head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) \
+            if num_classes > 0 else nn.Identity()
+        self.cls_head.train(self.training)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Keep the stages up to the last of ``indices`` (timm's feature-extraction pruning). ``cls_norm``
+        goes with ``prune_norm`` and whenever the last stage does (it has the last stage's width)."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        if max_index < len(self.stages) - 1 or prune_norm:
+            self.cls_norm = nn.Identity()
+        self.stages, self.down_projs = self.stages[:max_index + 1], self.down_projs[:max_index]
+        self.depths = self.depths[:max_index + 1]
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
 
     # -- forward -----------------------------------------------------------------------------------
-    def forward_features(self, x: torch.Tensor, td: Optional[Sequence[torch.Tensor]] = None, collect: bool = False):
-        """Final map after ``cls_norm``, channel-last (B, H, W, C). ``td``: one channel-last signal per
-        block (the top-down pass); ``collect``: also return every block's input and output."""
+    def forward_pass(self, x: torch.Tensor, td: Optional[Sequence[torch.Tensor]] = None, collect: bool = False,
+                     depth: Optional[int] = None) -> PassOutput:
+        """One pass: the final map after ``cls_norm``, channel-last (B, H, W, C). ``td``: one channel-last
+        signal per block (the top-down pass); ``collect``: every block's channel-last input and output;
+        ``depth``: only the first blocks, by whole stages (the map is then not normed)."""
         n_blocks = sum(self.depths)
         if td is not None and len(td) != n_blocks:
             raise ValueError(f'{len(td)} top-down signals for {n_blocks} blocks')
-        ins: Optional[List[torch.Tensor]] = [] if collect else None
-        outs: Optional[List[torch.Tensor]] = [] if collect else None
+        ins: List[torch.Tensor] = []
+        outs: List[torch.Tensor] = []
         x = self.patch_proj(x)
         start = 0
         for i, stage in enumerate(self.stages):
-            x = stage(x, None if td is None else td[start:start + stage.depth], ins, outs)
+            if depth is not None and start >= depth:
+                break
+            x = stage(x, None if td is None else td[start:start + stage.depth], ins if collect else None,
+                      outs if collect else None)
             start += stage.depth
-            if i < 3:
+            if i < len(self.down_projs) and (depth is None or start < depth):
                 x = self.down_projs[i](x)
-        x = self.cls_norm(x).permute(0, 2, 3, 1)
-        return (x, ins, outs) if collect else x
+        if start == n_blocks:
+            x = self.cls_norm(x)
+        return PassOutput(x.permute(0, 2, 3, 1), ins, outs)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final map after ``cls_norm``, channel-last (B, H, W, C)."""
+        return self.forward_pass(x).tokens
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=(1, 2))
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(1, 2))
         return x if pre_logits else self.cls_head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
+                              intermediates_only: bool = False):
+        """timm's ``forward_intermediates``: the stage outputs (``indices``: last n if int, all if None)
+        as NCHW (or NHWC) maps, and the final map (``forward_features``). ``norm`` applies ``cls_norm``
+        to the last stage's map, the only one of its width."""
+        final, inter = self._stage_intermediates(x, None, indices, norm, stop_early, output_fmt)
+        return inter if intermediates_only else (final, inter)
+
+    def _stage_intermediates(self, x: torch.Tensor, td: Optional[Sequence[torch.Tensor]], indices, norm: bool,
+                             stop_early: bool, output_fmt: str):
+        """(final map, stage outputs) of the pass with signals ``td`` (None: bottom-up)."""
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        ends = list(itertools.accumulate(self.depths))
+        out = self.forward_pass(x, td, collect=True, depth=ends[max_index] if stop_early else None)
+        inter = []
+        for i in take_indices:
+            y = out.block_outputs[ends[i] - 1].permute(0, 3, 1, 2)  # the stage's output, NCHW
+            if norm and i == len(self.stages) - 1:
+                y = self.cls_norm(y)
+            inter.append(y if output_fmt == 'NCHW' else y.permute(0, 2, 3, 1))
+        return out.tokens, inter
 
 
 class AbSDAT(TopDownMixin, DAT):
@@ -460,23 +570,17 @@ class AbSDAT(TopDownMixin, DAT):
     TD_MODES = ('abs', 'feedback')
 
     def __init__(self, *args, td_mode: str = 'abs', alpha: float = 1.0, **kwargs):
-        if td_mode not in self.TD_MODES:
-            raise ValueError(f"AbS-DAT supports td_mode {self.TD_MODES}, got {td_mode!r} (the other modes of "
-                             "models.topdown are ViT comparison baselines)")
+        mode = self.resolve_td_mode(td_mode)
         super().__init__(*args, **kwargs)
-        self.init_top_down([(d, d) for d, n in zip(self.dims, self.depths) for _ in range(n)], td_mode, alpha)
-        self.up_projs = nn.ModuleList([
-            nn.ConvTranspose2d(self.dims[i + 1], self.dims[i], 3, 2, 1, output_padding=1, bias=False)
-            for i in range(3)])
-        for m in [*self.decoders.modules(), *self.up_projs]:
-            if isinstance(m, (nn.Linear, nn.ConvTranspose2d)):
-                trunc_normal_(m.weight, std=.02)
+        self.up_projs = self.init_top_down([(d, d) for d, n in zip(self.dims, self.depths) for _ in range(n)], mode,
+                                           alpha, bridges=self._up_projections, device=kwargs.get('device'),
+                                           dtype=kwargs.get('dtype'))
         firsts = list(itertools.accumulate(self.depths))[:-1]
         self._stage_start = {b: s for s, b in enumerate(firsts)}  # first block of stage s+1 -> up_projs[s]
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return super().no_weight_decay() | self.no_weight_decay_top_down()
+    def _up_projections(self, device=None, dtype=None) -> nn.ModuleList:
+        return nn.ModuleList([nn.ConvTranspose2d(self.dims[i + 1], self.dims[i], 3, 2, 1, output_padding=1,
+                                                 bias=False, device=device, dtype=dtype) for i in range(3)])
 
     def num_td_blocks(self) -> int:
         return sum(self.depths)
@@ -490,6 +594,18 @@ class AbSDAT(TopDownMixin, DAT):
 
     def tokens_to_map(self, tokens: torch.Tensor, img_hw) -> torch.Tensor:
         return tokens.permute(0, 3, 1, 2)
+
+    @torch.jit.ignore
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
+                              intermediates_only: bool = False, top_down: bool = True,
+                              prior: Optional[torch.Tensor] = None, classes=None, alpha: Optional[float] = None):
+        """``DAT.forward_intermediates`` of the top-down pass, or of the bottom-up one with
+        ``top_down=False``; steering inputs as in ``forward``. The final map equals
+        ``forward_features(x)`` (top-down) or ``bottom_up(x)``."""
+        signals, prior, alpha = self.signals_for(x, top_down, prior, classes, alpha)
+        final, inter = self._stage_intermediates(x, signals, indices, norm, stop_early, output_fmt)
+        return inter if intermediates_only else (self.finish_features(final, top_down, prior, alpha), inter)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,7 +637,9 @@ def _create(variant: str, pretrained: bool, size: dict, cls=DAT, **kwargs):
     cfg = dict(img_size=224, patch_size=4, expansion=4, depths=[2, 4, 18, 2], stage_spec=_STAGE_SPEC,
                strides=[8, 4, 2, 1], offset_range_factor=[-1] * 4, use_pes=[True] * 4, use_dwc_mlps=[True] * 4,
                use_lpus=[True] * 4, use_conv_patches=True, ksizes=[9, 7, 5, 3], nat_ksizes=[7] * 4, **size)
-    return build_model_with_cfg(cls, variant, pretrained, **{**cfg, **kwargs})
+    # features_only: the four stages through forward_intermediates (FeatureGetterNet)
+    features = dict(out_indices=(0, 1, 2, 3), feature_cls='getter')
+    return build_model_with_cfg(cls, variant, pretrained, feature_cfg=features, **{**cfg, **kwargs})
 
 
 @register_model

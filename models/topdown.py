@@ -13,32 +13,65 @@ A top-down model runs its backbone twice:
 Training adds the **variational loss**: each decoder's ``linear`` reconstructs its block's input from
 the block's output, with stop-gradient on both, so only the decoders learn from it.
 
-``TopDownMixin`` orchestrates the two passes for any backbone that provides
-``forward_features(x, td=None, collect=False)`` and ``forward_head(tokens)``. The comparison models
-of the paper (Tables 3, 5, 6) are modes of the same orchestration (``TD_MODES``).
+The comparison models of the paper (Tables 3, 5, 6) are modes of the same orchestration; what each
+mode has is data, ``TOP_DOWN_MODES`` (``TD_MODES`` are their names).
+
+``TopDownMixin`` orchestrates the passes for any backbone that provides (see its docstring)
+``forward_pass(x, td=None, collect=False, depth=None)`` and ``forward_head(tokens)``. Its named steps,
+``steering`` (prior and alpha) -> ``bottom_up`` (pass 1) -> ``top_down_signals`` (prior reweighting
+and feedback) -> ``top_down`` (pass 2), make ``forward_top_down`` (training), ``forward_features``,
+``forward_intermediates`` (via ``signals_for``), ``inspect`` and the benchmark's profile.
 """
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_function, trunc_normal_
+from timm.models._features import feature_take_indices
 
 __all__ = [
-    'TD_MODES', 'TopDownOutput', 'TokenDecoder', 'prior_mask', 'reweight', 'feedback',
-    'variational_loss', 'TopDownMixin',
+    'TD_MODES', 'TOP_DOWN_MODES', 'TopDownMode', 'top_down_mode', 'TopDownOutput', 'PassOutput', 'TokenDecoder',
+    'prior_mask', 'reweight', 'fold_value_signal', 'steering_prior', 'variational_loss', 'TopDownMixin',
 ]
 
-#: How the top-down signal enters the second pass.
+
+class TopDownMode(NamedTuple):
+    """One row of the mode table. A NamedTuple rather than a dataclass: immutable, and TorchScript
+    reads it as a module attribute."""
+    name: str
+    prior: bool        #: a prior reweights the pass-1 tokens (learned ``prompt`` unless steered)
+    decoders: bool     #: token decoders turn the tokens into one signal per block (variational loss)
+    second_pass: bool  #: the blocks run again, each attention taking its block's signal
+    signal: str        #: how an attention takes the signal: ``value``, ``qkv``, ``mask`` or ``none``
+
+
 #: ``abs``       AbSViT: reweight, feedback, td added to the attention value.
 #: ``qkv``       AbSViT-QKV: as ``abs`` but td is added to query, key and value.
 #: ``feedback``  Feedback: feedback of the un-reweighted tokens (no prior), td added to the value.
 #: ``maskatt``   MaskAtt: no decoders; the prior's soft token mask multiplies every attention's value.
 #: ``perceiver`` PerceiverIO: no second pass; the reweighted pass-1 tokens go straight to the head.
-TD_MODES = ('abs', 'qkv', 'feedback', 'maskatt', 'perceiver')
-MODES_WITH_DECODERS = ('abs', 'qkv', 'feedback')
-MODES_WITH_PRIOR = ('abs', 'qkv', 'maskatt', 'perceiver')
+TOP_DOWN_MODES: Dict[str, TopDownMode] = {m.name: m for m in (
+    TopDownMode('abs', prior=True, decoders=True, second_pass=True, signal='value'),
+    TopDownMode('qkv', prior=True, decoders=True, second_pass=True, signal='qkv'),
+    TopDownMode('feedback', prior=False, decoders=True, second_pass=True, signal='value'),
+    TopDownMode('maskatt', prior=True, decoders=False, second_pass=True, signal='mask'),
+    TopDownMode('perceiver', prior=True, decoders=False, second_pass=False, signal='none'),
+)}
+TD_MODES = tuple(TOP_DOWN_MODES)
+
+
+def top_down_mode(td_mode: str, supported: Sequence[str] = TD_MODES, owner: str = 'this model') -> TopDownMode:
+    """The table row of ``td_mode``; a clear error for unknown modes and for modes ``owner`` lacks."""
+    if td_mode not in TOP_DOWN_MODES or (tuple(supported) == TD_MODES and td_mode not in supported):
+        raise ValueError(f"td_mode must be one of {TD_MODES}, got '{td_mode}'")
+    if td_mode not in supported:
+        raise ValueError(f'{owner} supports td_mode {tuple(supported)}, got {td_mode!r} (the other modes of '
+                         'models.topdown are ViT comparison baselines)')
+    return TOP_DOWN_MODES[td_mode]
 
 
 @dataclass
@@ -55,6 +88,14 @@ class TopDownOutput:
     mask: Optional[torch.Tensor] = None
 
 
+class PassOutput(NamedTuple):
+    """One pass of a backbone: tokens after the final norm (channel-last) and, when collected, every
+    block's channel-last input and output (empty lists otherwise: one return type for TorchScript)."""
+    tokens: torch.Tensor
+    block_inputs: List[torch.Tensor]
+    block_outputs: List[torch.Tensor]
+
+
 class TokenDecoder(nn.Module):
     """One block's feedback decoder: two bias-free token-wise linears (release names kept).
 
@@ -62,26 +103,40 @@ class TokenDecoder(nn.Module):
     variational loss trains); ``linear2`` turns that into the block's top-down signal.
     """
 
-    def __init__(self, dim: int, dim_in: Optional[int] = None):
+    def __init__(self, dim: int, dim_in: Optional[int] = None, device=None, dtype=None):
         super().__init__()
         dim_in = dim if dim_in is None else dim_in
-        self.linear = nn.Linear(dim, dim_in, bias=False)
-        self.linear2 = nn.Linear(dim_in, dim_in, bias=False)
+        self.linear = nn.Linear(dim, dim_in, bias=False, device=device, dtype=dtype)
+        self.linear2 = nn.Linear(dim_in, dim_in, bias=False, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = self.linear(x)
         return x, self.linear2(x)
 
 
+with warnings.catch_warnings():  # torch >= 2.9 flags every TorchScript API as deprecated, at import
+    warnings.simplefilter('ignore', FutureWarning)
+
+    @torch.jit.interface
+    class DecoderInterface(nn.Module):
+        """TorchScript indexes a ModuleList by a variable (the feedback walks it top-down) only
+        through an interface."""
+
+        def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+            pass
+
+
+@torch.fx.wrap
+@register_notrace_function
 def prior_mask(tokens: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     """``clamp(cos(prior, token), 0, 1)`` for every token; channel-last ``tokens`` of any rank.
 
     ``prior`` is ``(C,)`` (shared by the batch) or ``(B, C)`` (one per image).
-    Returns ``tokens.shape[:-1] + (1,)``.
+    Returns ``tokens.shape[:-1] + (1,)``. A leaf for FX (its checks read shapes).
     """
     C = tokens.shape[-1]
-    if prior.shape[-1] != C or prior.dim() not in (1, 2):
-        raise ValueError(f'prior must be ({C},) or (batch, {C}); got {tuple(prior.shape)}')
+    if prior.dim() < 1 or prior.dim() > 2 or prior.shape[-1] != C:
+        raise ValueError(f'prior must be ({C},) or (batch, {C}); got shape {list(prior.shape)}')
     prior = F.normalize(prior.to(tokens.dtype), dim=-1)
     tokens = F.normalize(tokens, dim=-1)
     if prior.dim() == 1:
@@ -89,7 +144,8 @@ def prior_mask(tokens: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     else:
         if prior.shape[0] != tokens.shape[0]:
             raise ValueError(f'per-image prior has {prior.shape[0]} rows for a batch of {tokens.shape[0]}')
-        cos = (tokens * prior.view(prior.shape[0], *([1] * (tokens.dim() - 2)), C)).sum(-1, keepdim=True)
+        shape = [prior.shape[0]] + [1] * (tokens.dim() - 2) + [C]
+        cos = (tokens * prior.view(shape)).sum(-1, keepdim=True)
     return cos.clamp(0, 1)
 
 
@@ -99,21 +155,66 @@ def reweight(tokens: torch.Tensor, prior: torch.Tensor, alpha: float = 1.0) -> T
     return tokens * mask * alpha, mask
 
 
-Bridge = Callable[[int, torch.Tensor], torch.Tensor]
+def fold_value_signal(x: torch.Tensor, td: Optional[torch.Tensor],
+                      bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The release adds the signal through the value projection: ``v = W x + b + W td + b``. As one
+    projection that is ``W (x + td) + 2 b``: returns ``(x + td, 2 b)`` to project (``(x, b)`` without
+    a signal), so a top-down pass costs what a plain pass costs."""
+    if td is None:
+        return x, bias
+    return x + td, None if bias is None else 2 * bias
 
 
-def feedback(decoders: Sequence[TokenDecoder], x: torch.Tensor, bridge: Optional[Bridge] = None) -> List[torch.Tensor]:
-    """Walk the decoders from the top block down; returns the top-down signal of every block.
+@torch.fx.wrap
+@register_notrace_function
+def steering_prior(prior: Optional[torch.Tensor], classes: Optional[Union[int, List[int], torch.Tensor]],
+                   prompt: Optional[torch.Tensor], prototypes: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The prior vector(s): an explicit ``prior`` ``(C,)``/``(B, C)``, the class prototypes (rows of the
+    linear classifier's weight, ``prototypes``) of ``classes``, or the learned ``prompt``. A leaf for
+    FX, so that a traced model takes the steering inputs at run time."""
+    if prior is not None and classes is not None:
+        raise ValueError('give either prior or classes, not both')
+    if classes is None:
+        return prompt if prior is None else prior
+    if prototypes is None:
+        raise ValueError('class-prototype priors need a linear classifier head')
+    if isinstance(classes, torch.Tensor):
+        idx = classes.to(device=prototypes.device, dtype=torch.long)
+    elif isinstance(classes, int):
+        idx = torch.tensor(classes, device=prototypes.device, dtype=torch.long)
+    else:  # a sequence (TorchScript: List[int])
+        idx = torch.tensor(classes, device=prototypes.device, dtype=torch.long)
+    n = prototypes.shape[0]
+    if idx.numel() > 0 and bool((idx.min() < 0) | (idx.max() >= n)):
+        raise ValueError(f'class index out of range [0, {n}): {classes}')
+    return prototypes[idx]
 
-    ``bridge(i, x)`` (optional) carries the signal from block ``i``'s input space to block ``i-1``'s
-    output space when they differ (e.g. DAT's stage boundaries, where it mirrors the downsampling).
-    """
-    td: List[Optional[torch.Tensor]] = [None] * len(decoders)
-    for i in range(len(decoders) - 1, -1, -1):
-        x, td[i] = decoders[i](x)
-        if bridge is not None and i > 0:
-            x = bridge(i, x)
-    return td
+
+@torch.fx.wrap
+@register_notrace_function
+def required_prior(prior: Optional[torch.Tensor], td_mode: str) -> torch.Tensor:
+    """``prior``, which a mode with a prior cannot do without. A leaf for FX: the check runs when a
+    traced model runs (and the graph's value is typed ``Tensor``, which TorchScript needs)."""
+    if prior is None:
+        raise ValueError(f"td_mode '{td_mode}' needs a prior but the model has none")
+    return prior
+
+
+@torch.fx.wrap
+@register_notrace_function
+def steering_alpha(alpha: Optional[float], default: float) -> float:
+    """``alpha``, or the model's default. A leaf for FX (the argument is a run-time input)."""
+    return default if alpha is None else alpha
+
+
+@torch.fx.wrap
+@register_notrace_function
+def refuse_aux_output(x: torch.Tensor, return_aux: bool) -> torch.Tensor:
+    """In an FX-traced model: the graph computes the logits only, so it refuses ``return_aux=True``
+    at run time (trace the eager model's ``forward_top_down`` for the training outputs)."""
+    if return_aux:
+        raise RuntimeError('this FX-traced model computes the logits only; return_aux=True needs the eager model')
+    return x
 
 
 def variational_loss(decoders: Sequence[TokenDecoder], block_inputs: Sequence[torch.Tensor],
@@ -126,98 +227,217 @@ def variational_loss(decoders: Sequence[TokenDecoder], block_inputs: Sequence[to
     return torch.stack(losses).sum()
 
 
+def init_feedback_weights(*modules: nn.Module) -> None:
+    """trunc_normal(std .02) on every Linear / ConvTranspose2d weight of the feedback path: the release
+    initialises the decoders like every timm ViT linear."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, (nn.Linear, nn.ConvTranspose2d)):
+                trunc_normal_(m.weight, std=.02)
+
+
 class TopDownMixin:
     """Two-pass AbS orchestration shared by every top-down backbone.
 
-    A backbone mixing this in calls ``init_top_down`` in its constructor and provides:
+    A backbone mixes this in before its base class, calls ``init_top_down`` in its constructor and
+    provides:
 
-    * ``forward_features(x, td=None, collect=False)``: tokens after the final norm, channel-last. With
-      ``td`` (one signal per block: a tensor to add, or a mask for ``maskatt``) it runs the top-down
-      pass; with ``collect=True`` it returns ``(tokens, block_inputs, block_outputs)``;
-    * ``forward_head(tokens)``: logits;
-    * optionally ``feedback_bridge(i, x)`` when decoders change resolution or width (see ``feedback``).
+    * ``forward_pass(x, td=None, collect=False, depth=None) -> PassOutput``: one pass, tokens after the
+      final norm, channel-last. With ``td`` (one signal per block: a tensor to add, or a mask for
+      ``maskatt``) it is the top-down pass; ``collect`` also returns every block's input and output;
+      ``depth`` stops after that many blocks (``forward_intermediates(stop_early=True)``);
+    * ``forward_head(tokens, pre_logits=False)``; ``class_prototypes()``: the linear classifier's weight
+      (``None`` without one); ``num_td_blocks()``; ``tokens_to_map(tokens, img_hw)`` (for ``inspect``);
+    * optionally ``feedback_bridge(i, x)`` when decoders change resolution or width (see ``feedback``),
+      and the class attribute ``TD_MODES`` when it supports only some modes.
+
+    ``forward_features(x)`` is what ``forward_head`` turns into ``model(x)``'s logits (the top-down
+    pass), as timm expects; the bottom-up pass is ``bottom_up(x)``.
     """
     is_top_down = True
+    TD_MODES = TD_MODES
+    # TorchScript types attributes from the first class annotations it finds along the bases, so this
+    # one also stands in for the backbone's (timm ViT's ``dynamic_img_size: Final`` is then a plain bool)
+    td_spec: TopDownMode  # lets TorchScript read the row's fields
 
-    def init_top_down(self, decoder_dims: Sequence[Union[int, Tuple[int, int]]], td_mode: str = 'abs',
-                      alpha: float = 1.0, prior_dim: Optional[int] = None) -> None:
-        """Create ``prompt`` and ``decoders`` (release names) as the mode needs them.
+    @classmethod
+    def resolve_td_mode(cls, td_mode: str) -> TopDownMode:
+        """The table row of ``td_mode``, checked against the modes this class supports."""
+        return top_down_mode(td_mode, cls.TD_MODES, cls.__name__)
+
+    def init_top_down(self, decoder_dims: Sequence[Union[int, Tuple[int, int]]], mode: TopDownMode,
+                      alpha: float = 1.0, prior_dim: Optional[int] = None, bridges: Optional[Callable] = None,
+                      device=None, dtype=None):
+        """Create ``prompt`` and ``decoders`` (release names) as the mode needs them, then the
+        backbone's extra feedback modules ``bridges(device=, dtype=)`` (returned), then initialise the
+        feedback weights: the release's order, so seeded models draw the release's weights.
 
         ``decoder_dims`` has one entry per block: ``dim`` or ``(dim_out, dim_in)`` of that block.
         """
-        if td_mode not in TD_MODES:
-            raise ValueError(f"td_mode must be one of {TD_MODES}, got '{td_mode}'")
-        self.td_mode = td_mode
-        self.alpha = alpha
+        self.td_mode, self.td_spec, self.alpha = mode.name, mode, float(alpha)
+        dd = dict(device=device, dtype=dtype)
         top_dim = decoder_dims[-1] if isinstance(decoder_dims[-1], int) else decoder_dims[-1][0]
         prior_dim = top_dim if prior_dim is None else prior_dim
         # Modes that never use a part do not create it, so DDP sees no unused parameters.
-        self.prompt = nn.Parameter(torch.randn(prior_dim)) if td_mode in MODES_WITH_PRIOR else None
+        self.prompt = nn.Parameter(torch.randn(prior_dim, **dd)) if mode.prior else None
         self.decoders = nn.ModuleList(
-            [TokenDecoder(*((d,) if isinstance(d, int) else d)) for d in decoder_dims]
-        ) if td_mode in MODES_WITH_DECODERS else None
+            [TokenDecoder(*((d,) if isinstance(d, int) else d), **dd) for d in decoder_dims]
+        ) if mode.decoders else None
+        extra = bridges(**dd) if bridges is not None else None
+        init_feedback_weights(*[m for m in (self.decoders, extra) if m is not None])
+        return extra
 
-    def no_weight_decay_top_down(self) -> set:
-        return {'prompt'} if self.prompt is not None else set()
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """The backbone's exemptions plus the prompt (a direction, like the class token)."""
+        return set(super().no_weight_decay()) | ({'prompt'} if self.prompt is not None else set())
 
-    # -- prior -----------------------------------------------------------------------------------
+    def feedback_bridge(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """From block ``i``'s input space to block ``i-1``'s output space (identity unless a backbone's
+        stages change resolution or width)."""
+        return x
+
+    # -- the named steps -------------------------------------------------------------------------
     def resolve_prior(self, prior: Optional[torch.Tensor] = None,
-                      classes: Optional[Union[int, Sequence[int], torch.Tensor]] = None) -> Optional[torch.Tensor]:
+                      classes: Optional[Union[int, List[int], torch.Tensor]] = None) -> Optional[torch.Tensor]:
         """The prior vector(s): an explicit ``prior`` ``(C,)``/``(B, C)``, the class prototypes of
         ``classes`` (rows of the classifier weight), or the learned ``prompt``."""
-        if prior is not None and classes is not None:
-            raise ValueError('give either prior or classes, not both')
-        if classes is not None:
-            head = self.get_classifier()
-            if not isinstance(head, nn.Linear):
-                raise ValueError('class-prototype priors need a linear classifier head')
-            idx = torch.as_tensor(classes, device=head.weight.device, dtype=torch.long)
-            if idx.numel() and (idx.min() < 0 or idx.max() >= head.weight.shape[0]):
-                raise ValueError(f'class index out of range [0, {head.weight.shape[0]}): {classes}')
-            return head.weight[idx]
-        return self.prompt if prior is None else prior
+        return steering_prior(prior, classes, self.prompt, self.class_prototypes())
 
-    # -- the two passes --------------------------------------------------------------------------
-    def top_down_signals(self, tokens: torch.Tensor, prior: Optional[torch.Tensor], alpha: float):
+    def steering(self, prior: Optional[torch.Tensor] = None,
+                 classes: Optional[Union[int, List[int], torch.Tensor]] = None,
+                 alpha: Optional[float] = None) -> Tuple[Optional[torch.Tensor], float]:
+        """The steering inputs of every call resolved: ``(prior, alpha)``."""
+        return self.resolve_prior(prior, classes), steering_alpha(alpha, self.alpha)
+
+    def bottom_up(self, x: torch.Tensor) -> torch.Tensor:
+        """Pass 1: the plain forward's tokens (``forward_pass(x, collect=True)`` gives the blocks' too)."""
+        return self.forward_pass(x).tokens
+
+    def top_down_signals(self, tokens: torch.Tensor, prior: Optional[torch.Tensor],
+                         alpha: float) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
         """From pass-1 tokens to the per-block signals of pass 2; returns ``(signals, mask)``."""
-        bridge = getattr(self, 'feedback_bridge', None)
-        if self.td_mode == 'feedback':
-            return feedback(self.decoders, tokens, bridge), None
-        if prior is None:
-            raise ValueError(f"td_mode '{self.td_mode}' needs a prior but the model has none")
-        if self.td_mode == 'maskatt':
+        if not self.td_spec.prior:
+            return self.feedback(tokens), None
+        prior = required_prior(prior, self.td_mode)
+        if self.decoders is None:  # maskatt: the mask itself is every block's signal
             mask = prior_mask(tokens, prior)
             return [mask] * self.num_td_blocks(), mask
         weighted, mask = reweight(tokens, prior, alpha)
-        return feedback(self.decoders, weighted, bridge), mask
+        return self.feedback(weighted), mask
 
-    def num_td_blocks(self) -> int:
-        return len(self.blocks)
+    def feedback(self, tokens: torch.Tensor) -> List[torch.Tensor]:
+        """Walk the decoders from the top block down; returns the top-down signal of every block."""
+        signals: List[torch.Tensor] = []
+        if self.decoders is None:
+            raise RuntimeError(f"td_mode '{self.td_mode}' has no decoders")
+        else:
+            x = tokens
+            for i in range(len(self.decoders) - 1, -1, -1):
+                x, td = self._decode(i, x)
+                signals.append(td)
+                if i > 0:
+                    x = self.feedback_bridge(i, x)
+            signals.reverse()
+        return signals
 
-    def forward_top_down(self, x: torch.Tensor, prior: Optional[torch.Tensor] = None,
-                         classes=None, alpha: Optional[float] = None, var_loss: bool = True) -> TopDownOutput:
+    def _decode(self, i: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if torch.jit.is_scripting():
+            decoder: DecoderInterface = self.decoders[i]
+            return decoder.forward(x)
+        return self.decoders[i](x)  # a module call, so that hooks see it
+
+    def top_down(self, x: torch.Tensor, signals: List[torch.Tensor]) -> torch.Tensor:
+        """Pass 2: the tokens of the blocks run again, each taking its signal."""
+        return self.forward_pass(x, signals).tokens
+
+    def signals_for(self, x: torch.Tensor, top_down: bool = True, prior: Optional[torch.Tensor] = None,
+                    classes: Optional[Union[int, List[int], torch.Tensor]] = None, alpha: Optional[float] = None
+                    ) -> Tuple[Optional[List[torch.Tensor]], Optional[torch.Tensor], float]:
+        """What the pass a caller reports needs: ``(signals, prior, alpha)``. ``signals`` is ``None`` for
+        the bottom-up pass (``top_down=False``) and in perceiver mode, whose only pass is pass 1; else
+        pass 1 and the feedback run here and the signals are pass 2's."""
+        prior, alpha = self.steering(prior, classes, alpha)
+        if not top_down or not self.td_spec.second_pass:
+            return None, prior, alpha
+        signals, _ = self.top_down_signals(self.bottom_up(x), prior, alpha)
+        return signals, prior, alpha
+
+    def finish_features(self, tokens: torch.Tensor, top_down: bool, prior: Optional[torch.Tensor],
+                        alpha: float) -> torch.Tensor:
+        """The final features of the reported pass: perceiver mode's are its reweighted tokens."""
+        if not top_down or self.td_spec.second_pass:
+            return tokens
+        return reweight(tokens, required_prior(prior, self.td_mode), alpha)[0]
+
+    def forward_features(self, x: torch.Tensor, prior: Optional[torch.Tensor] = None,
+                         classes: Optional[Union[int, List[int], torch.Tensor]] = None,
+                         alpha: Optional[float] = None) -> torch.Tensor:
+        """What ``forward_head`` turns into ``model(x)``'s logits: the top-down pass's tokens (perceiver:
+        the reweighted pass-1 tokens). Steering inputs as in ``forward``."""
+        signals, prior, alpha = self.signals_for(x, True, prior, classes, alpha)
+        tokens = self.bottom_up(x) if signals is None else self.top_down(x, signals)
+        return self.finish_features(tokens, True, prior, alpha)
+
+    def forward_top_down(self, x: torch.Tensor, prior: Optional[torch.Tensor] = None, classes=None,
+                         alpha: Optional[float] = None, var_loss: bool = True,
+                         phase: Optional[Callable[[str], None]] = None) -> TopDownOutput:
         """Both passes; the documented call for training and steering.
 
         Returns the final logits, each pass's logits and (with ``var_loss``) the variational loss.
+        ``phase(name)`` (optional) is called as each phase ends, for profilers
+        (``benchmarks/throughput.py --profile``).
         """
-        alpha = self.alpha if alpha is None else alpha
-        prior = self.resolve_prior(prior, classes)
-        tokens = self.forward_features(x)
+        done = phase if phase is not None else (lambda name: None)
+        prior, alpha = self.steering(prior, classes, alpha)
+        tokens = self.bottom_up(x)
         logits1 = self.forward_head(tokens)
-        if self.td_mode == 'perceiver':
-            weighted, mask = reweight(tokens, prior, alpha)
+        done('pass 1 (bottom-up)')
+        if not self.td_spec.second_pass:
+            weighted, mask = reweight(tokens, required_prior(prior, self.td_mode), alpha)
             logits2 = self.forward_head(weighted)
+            done('prior + head')
             return TopDownOutput(logits2, (logits1, logits2), None, mask)
         signals, mask = self.top_down_signals(tokens, prior, alpha)
-        want_var = var_loss and self.decoders is not None
-        out = self.forward_features(x, td=signals, collect=want_var)
-        if want_var:
-            tokens2, ins, outs = out
-            vloss = variational_loss(self.decoders, ins, outs)
-        else:
-            tokens2, vloss = out, None
+        done('prior + feedback')
+        if not (var_loss and self.decoders is not None):
+            logits2 = self.forward_head(self.top_down(x, signals))
+            done('pass 2 (top-down)')
+            return TopDownOutput(logits2, (logits1, logits2), None, mask)
+        tokens2, ins, outs = self.forward_pass(x, signals, collect=True)  # pass 2, with what the loss needs
         logits2 = self.forward_head(tokens2)
+        done('pass 2 (top-down)')
+        vloss = variational_loss(self.decoders, ins, outs)
+        done('variational loss')
         return TopDownOutput(logits2, (logits1, logits2), vloss, mask)
+
+    def forward(self, x: torch.Tensor, prior: Optional[torch.Tensor] = None,
+                classes: Optional[Union[int, List[int], torch.Tensor]] = None, alpha: Optional[float] = None,
+                return_aux: bool = False):
+        """``model(x)`` gives the final logits (no variational-loss work); ``return_aux=True`` gives a
+        ``TopDownOutput`` with both passes and the variational loss (what the training loss needs,
+        and the call that DDP wraps). Steering: ``prior`` ``(C,)``/``(B, C)`` or ``classes`` (their
+        prototypes), and ``alpha``. TorchScript and FX-traced models give the logits."""
+        if not torch.jit.is_scripting():
+            if isinstance(return_aux, torch.fx.Proxy):  # FX symbolic tracing: trace the logits
+                x = refuse_aux_output(x, return_aux)
+            elif return_aux:
+                return self.forward_top_down(x, prior, classes, alpha)
+        return self.forward_head(self.forward_features(x, prior, classes, alpha))
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """timm's feature-extraction pruning. A top-down model keeps every block, decoder and its final
+        norm whatever the indices: pass 1 runs to the end and its normed tokens make the prior's mask
+        and the feedback of every block. So only the classifier goes (``prune_head``); ``prune_norm``
+        is not honoured. Returns the absolute indices taken."""
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        if prune_head:
+            if hasattr(self, 'fc_norm'):
+                self.fc_norm = nn.Identity()
+            self.reset_classifier(0, '')
+        return take_indices
 
     # -- inspection ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -242,23 +462,21 @@ class TopDownMixin:
         for i in feature_blocks:
             if not 0 <= i < n_blocks:
                 raise ValueError(f'feature block {i} out of range [0, {n_blocks})')
-        alpha = self.alpha if alpha is None else alpha
-        prior = self.resolve_prior(prior, classes)
-        hw = x.shape[-2:]
-        to_map = lambda t: self.tokens_to_map(t, hw)
+        prior, alpha = self.steering(prior, classes, alpha)
+        to_map = lambda t: self.tokens_to_map(t, x.shape[-2:])  # noqa: E731
 
         with self.recording_attention(attn_weights) as attn1:
-            tokens, _, outs1 = self.forward_features(x, collect=True)
+            tokens, _, outs1 = self.forward_pass(x, collect=True)
         result = {'logits_bottom_up': self.forward_head(tokens),
                   'bottom_up': to_map(outs1[depth - 1]).norm(dim=1), 'attn_bottom_up': attn1}
-        if self.td_mode == 'perceiver':
+        if not self.td_spec.second_pass:
             weighted, mask = reweight(tokens, prior, alpha)
             result.update(logits=self.forward_head(weighted), top_down=None, attn_top_down=None, features={},
                           prior_mask=to_map(mask)[:, 0])
             return result
         signals, mask = self.top_down_signals(tokens, prior, alpha)
         with self.recording_attention(attn_weights) as attn2:
-            tokens2, _, outs2 = self.forward_features(x, td=signals, collect=True)
+            tokens2, _, outs2 = self.forward_pass(x, signals, collect=True)
         result.update(logits=self.forward_head(tokens2), top_down=to_map(outs2[depth - 1]).norm(dim=1),
                       attn_top_down=attn2, prior_mask=None if mask is None else to_map(mask)[:, 0],
                       features={i: to_map(outs2[i]) for i in feature_blocks})
@@ -278,11 +496,3 @@ class TopDownMixin:
                 m.record_weights = False
                 found.append(m.attn_weights)
                 m.attn_weights = None
-
-    def forward(self, x: torch.Tensor, prior: Optional[torch.Tensor] = None, classes=None,
-                alpha: Optional[float] = None, return_aux: bool = False):
-        """``model(x)`` gives the final logits (no variational-loss work); ``return_aux=True`` gives a
-        ``TopDownOutput`` with both passes and the variational loss (what the training loss needs,
-        and the call that DDP wraps)."""
-        out = self.forward_top_down(x, prior, classes, alpha, var_loss=return_aux)
-        return out if return_aux else out.logits

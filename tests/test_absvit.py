@@ -173,7 +173,7 @@ def test_zeroing_decoders_changes_output_and_alpha0_is_zero_feedback():
     with torch.no_grad():
         base = model(x)
         alpha0 = model(x, alpha=0.0)
-        zero_td = model.forward_head(model.forward_features(x, td=[torch.zeros(2, 17, 64)] * 4))
+        zero_td = model.forward_head(model.forward_pass(x, td=[torch.zeros(2, 17, 64)] * 4).tokens)
         for d in model.decoders:
             d.linear2.weight.zero_()
         no_dec = model(x)
@@ -252,7 +252,7 @@ def test_comparison_modes_train_and_differ(mode):
             d.linear2.weight.mul_(8)
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     with torch.no_grad():  # a prompt that matches the tokens, so the prior selects something
-        ref.prompt.copy_(ref.forward_features(x).mean((0, 1)))
+        ref.prompt.copy_(ref.bottom_up(x).mean((0, 1)))
     model = micro('avg', td_mode=mode)
     shared = {k: v for k, v in ref.state_dict().items() if k in model.state_dict()}
     model.load_state_dict(shared, strict=False)
@@ -273,7 +273,7 @@ def test_perceiver_is_reweighted_pass1_through_head():
     model = micro('avg', td_mode='perceiver').eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        z = model.forward_features(x)
+        z = model.bottom_up(x)
         cos = F.cosine_similarity(z, model.prompt.expand_as(z), dim=-1).clamp(0, 1)
         expected = model.forward_head(z * cos.unsqueeze(-1) * 2.0)
         assert torch.allclose(model(x, alpha=2.0), expected, atol=1e-5)
@@ -283,17 +283,17 @@ def test_maskatt_multiplies_values_by_token_mask():
     model = micro('token', td_mode='maskatt').eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        z = model.forward_features(x)
+        z = model.bottom_up(x)
         mask = F.cosine_similarity(z, model.prompt.expand_as(z), dim=-1).clamp(0, 1)
         model.prompt.data = -model.prompt.data  # the other half of the tokens: a different mask
         flipped = model(x)
         model.prompt.data = -model.prompt.data
         # with an all-ones mask the second pass equals the first
-        ones = model.forward_head(model.forward_features(x, td=[torch.ones(2, 17, 1)] * 4))
+        ones = model.forward_head(model.forward_pass(x, td=[torch.ones(2, 17, 1)] * 4).tokens)
         plain = model.forward_head(z)
         assert torch.allclose(ones, plain, atol=1e-5)
         got = model(x)
-        zero = model.forward_head(model.forward_features(x, td=[torch.zeros(2, 17, 1)] * 4))
+        zero = model.forward_head(model.forward_pass(x, td=[torch.zeros(2, 17, 1)] * 4).tokens)
         assert not torch.allclose(got, flipped, atol=1e-4) and not torch.allclose(got, zero, atol=1e-4)
         assert 0 < mask.mean() < 1
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from conftest import golden
 from models import neighborhood_attention as na
-from models.dat import DAT, AbSDAT, DeformableAttention, NeighborhoodAttention2D
+from models.dat import DAT, AbSDAT, DeformableAttention, NeighborhoodAttention2D, dat_kwargs_from_release
 
 # The micro DAT++ of ../shared/golden/dat_release_micro.pt: every block type in every stage.
 MICRO = dict(img_size=128, patch_size=4, num_classes=10, expansion=4, dim_stem=16, dims=[16, 32, 64, 128],
@@ -21,6 +21,7 @@ MICRO = dict(img_size=128, patch_size=4, num_classes=10, expansion=4, dim_stem=1
              strides=[8, 4, 2, 1], offset_range_factor=[-1] * 4, no_offs=[False] * 4, fixed_pes=[False] * 4,
              use_dwc_mlps=[True] * 4, use_lpus=[True] * 4, use_conv_patches=True, ksizes=[9, 7, 5, 3],
              nat_ksizes=[7] * 4, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0)
+MICRO_KW = dat_kwargs_from_release(MICRO)  # the constructor's keys (the release's, less those it ignores)
 DAT_T_PP_PARAMS = 23_962_876  # the release's DAT-T++, measured
 VARIANTS = ['dat_tiny', 'dat_small', 'dat_base', 'dat_base_384', 'absdat_tiny', 'absdat_small', 'absdat_base']
 
@@ -53,7 +54,7 @@ def spread(model, std=0.5):
 
 def test_golden_release_logits():
     g = golden('dat_release_micro.pt')
-    model = DAT(**g['config']).eval()
+    model = DAT(**dat_kwargs_from_release(g['config'])).eval()
     model.load_state_dict(g['state_dict'], strict=True)
     with torch.no_grad():
         logits = model(g['x'])
@@ -369,7 +370,7 @@ def test_release_yaml_builds_the_registered_model(name, stem, heads, groups, dpr
     cfg = yaml.safe_load(RELEASE_YAML.format(stem=stem, d1=2 * stem, d2=4 * stem, d3=8 * stem, heads=heads,
                                              groups=groups, dpr=dpr))['MODEL']['DAT']
     with torch.device('meta'):
-        from_yaml, registered = DAT(**cfg), timm.create_model(name)
+        from_yaml, registered = DAT(**dat_kwargs_from_release(cfg)), timm.create_model(name)
     shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}
     assert shapes(from_yaml) == shapes(registered)
     rates = lambda m: [dp.drop_prob for s in m.stages for dp in s.drop_path if hasattr(dp, 'drop_prob')]
@@ -378,20 +379,20 @@ def test_release_yaml_builds_the_registered_model(name, stem, heads, groups, dpr
 
 def test_release_config_errors_are_clear():
     with pytest.raises(NotImplementedError, match="only N .* and D"):
-        DAT(**{**MICRO, 'stage_spec': [['L', 'D'], ['N', 'D'], ['N', 'D'], ['D', 'D']]})
+        DAT(**{**MICRO_KW, 'stage_spec': [['L', 'D'], ['N', 'D'], ['N', 'D'], ['D', 'D']]})
     with pytest.raises(NotImplementedError, match='dwc_pes'):
-        DAT(**{**MICRO, 'dwc_pes': [True] * 4})
+        DAT(**{**MICRO_KW, 'dwc_pes': [True] * 4})
     with pytest.raises(ValueError, match='double'):
-        DAT(**{**MICRO, 'dims': [16, 32, 48, 96]})
+        DAT(**{**MICRO_KW, 'dims': [16, 32, 48, 96]})
     with pytest.raises(ValueError, match=r'stage_spec\[1\] has 2 blocks but depths\[1\] = 3'):
-        DAT(**{**MICRO, 'depths': [2, 3, 2, 2]})
+        DAT(**{**MICRO_KW, 'depths': [2, 3, 2, 2]})
     with pytest.raises(TypeError):
-        DAT(**{**MICRO, 'dimz': [16, 32, 64, 128]})  # typos are not swallowed
+        DAT(**{**MICRO_KW, 'dimz': [16, 32, 64, 128]})  # typos are not swallowed
 
 
 def test_dat_plus_layout_builds_with_release_names():
     """The DAT+ config (token MLP, no LPU, 4x4 patch stem, 2x2 down-projections)."""
-    model = DAT(**{**MICRO, 'use_dwc_mlps': [False] * 4, 'use_lpus': [False] * 4, 'use_conv_patches': False})
+    model = DAT(**{**MICRO_KW, 'use_dwc_mlps': [False] * 4, 'use_lpus': [False] * 4, 'use_conv_patches': False})
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert shapes['patch_proj.0.weight'] == (16, 3, 4, 4) and shapes['down_projs.0.0.weight'] == (32, 16, 2, 2)
     assert shapes['stages.1.mlps.0.chunk.linear1.weight'] == (128, 32)
@@ -437,7 +438,7 @@ def test_grad_checkpointing_gives_equal_gradients():
     grads = []
     for ckpt in (False, True):
         torch.manual_seed(0)
-        model = AbSDAT(**MICRO)
+        model = AbSDAT(**MICRO_KW)
         model.set_grad_checkpointing(ckpt)
         out = model(x, return_aux=True)
         (out.logits.square().mean() + out.var_loss).backward()
@@ -447,7 +448,7 @@ def test_grad_checkpointing_gives_equal_gradients():
 
 
 def test_no_weight_decay_names_the_release_exemptions():
-    model = AbSDAT(**MICRO)
+    model = AbSDAT(**MICRO_KW)
     names = dict(model.named_parameters())
     assert model.no_weight_decay() == {n for n in names if n.endswith('rpe_table')} | {'prompt'}
 
@@ -457,7 +458,7 @@ def test_no_weight_decay_names_the_release_exemptions():
 
 def _abs_micro(td_mode='abs', seed=0, decoder_scale=8.0):
     torch.manual_seed(seed)
-    model = spread(AbSDAT(**MICRO, td_mode=td_mode))
+    model = spread(AbSDAT(**MICRO_KW, td_mode=td_mode))
     with torch.no_grad():  # make the top-down path visible at init (as the AbSViT golden file does)
         for n, p in model.named_parameters():
             if n.startswith(('decoders', 'up_projs')):
@@ -467,7 +468,7 @@ def _abs_micro(td_mode='abs', seed=0, decoder_scale=8.0):
 
 def test_absdat_takes_release_weights_and_its_pass_1_is_the_release():
     g = golden('dat_release_micro.pt')
-    model = AbSDAT(**g['config'])
+    model = AbSDAT(**dat_kwargs_from_release(g['config']))
     missing, unexpected = model.load_state_dict(g['state_dict'], strict=False)
     assert unexpected == []
     assert set(missing) == {n for n in model.state_dict() if n == 'prompt' or n.startswith(('decoders.', 'up_projs.'))}
@@ -477,8 +478,8 @@ def test_absdat_takes_release_weights_and_its_pass_1_is_the_release():
 
 
 def test_absdat_pass_1_equals_plain_dat_with_the_same_weights():
-    plain = spread(DAT(**MICRO)).eval()
-    model = AbSDAT(**MICRO).eval()
+    plain = spread(DAT(**MICRO_KW)).eval()
+    model = AbSDAT(**MICRO_KW).eval()
     missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
     assert unexpected == [] and len(missing) == 1 + 2 * sum(MICRO['depths']) + 3
     x = torch.randn(2, 3, 64, 64)
@@ -503,7 +504,7 @@ def test_top_down_path_changes_the_output_with_the_prior():
 def test_top_down_signal_reaches_every_block_through_the_bridges():
     model = _abs_micro()
     x = torch.randn(2, 3, 72, 72)  # maps 18, 9, 5, 3: odd sizes and a map smaller than the NA kernel
-    tokens, ins, _ = model.forward_features(x, collect=True)
+    tokens, ins, _ = model.forward_pass(x, collect=True)
     signals, _ = model.top_down_signals(tokens, model.prompt, 1.0)
     assert len(signals) == model.num_td_blocks() == len(ins) == 8
     for s, inp in zip(signals, ins):
@@ -512,7 +513,7 @@ def test_top_down_signal_reaches_every_block_through_the_bridges():
     out = model(x, return_aux=True)
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.var_loss)
     with pytest.raises(ValueError, match='7 top-down signals for 8 blocks'):
-        model.forward_features(x, td=signals[:7])
+        model.forward_pass(x, td=signals[:7])
 
 
 def test_variational_loss_trains_only_the_decoders():
@@ -546,11 +547,11 @@ def test_absdat_trains_a_step():
 
 
 def test_feedback_mode_and_unsupported_modes():
-    model = AbSDAT(**MICRO, td_mode='feedback')
+    model = AbSDAT(**MICRO_KW, td_mode='feedback')
     assert model.prompt is None
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     with pytest.raises(ValueError, match="supports td_mode"):
-        AbSDAT(**MICRO, td_mode='maskatt')
+        AbSDAT(**MICRO_KW, td_mode='maskatt')
 
 
 def test_inspect_gives_maps_of_the_final_stage():

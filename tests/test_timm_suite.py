@@ -1,0 +1,179 @@
+"""timm's own model test suite (``tests/test_models.py`` of timm's source release) on the project's models.
+
+``scripts/setup.sh`` extracts that file, for the installed timm, to ``.venv/timm-tests/test_models.py``
+(``TIMM_TEST_MODELS`` overrides the path); without it this test skips. A patched copy in a temporary
+folder is run in a subprocess with ``tests/timm_suite/project_models_plugin.py``, which registers the
+project's models and deselects every other model. The patch only classifies the project's models the
+way timm classifies its own:
+
+* the project's model modules join ``FEAT_INTER_FILTERS`` (models with ``forward_intermediates`` and
+  ``features_only`` through ``FeatureGetterNet``);
+* ``absvit_*`` joins ``NON_STD_FILTERS`` next to timm's ``vit_*``: a ViT's features are tokens
+  ``(B, N, C)``, not a map, so timm checks them with ``test_model_default_cfgs_non_std`` and skips the
+  feature-map tests (``test_model_forward_features``) for them, as for its own ViTs.
+
+``EXCLUDE`` lists the (test, model) pairs that do not run, each with its reason; the test asserts that
+every other pair ran and passed (``expected_tests``: 9 timm tests per ViT, 8 per DAT).
+
+The default run takes the micro models (``QUICK_MODELS``: about 70 s on a quiet 2-core machine);
+``PROJECT_TIMM_SUITE_ALL=1`` runs every registered model (about 9 minutes). For a per-model table:
+``python tests/test_timm_suite.py [--all] [--models NAME ...]``.
+"""
+import argparse
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPERS = Path(__file__).resolve().parent / 'timm_suite'
+SUITE = Path(os.environ.get('TIMM_TEST_MODELS', ROOT / '.venv' / 'timm-tests' / 'test_models.py'))
+
+PROJECT_MODULES = ['absvit', 'dat', 'micro_variants']
+NON_STD = ['absvit_*']
+TESTS = [
+    'test_model_forward', 'test_model_backward', 'test_model_default_cfgs', 'test_model_default_cfgs_non_std',
+    'test_model_forward_features', 'test_model_forward_intermediates_features', 'test_model_forward_intermediates',
+    'test_model_forward_torchscript', 'test_model_forward_fx', 'test_model_backward_fx',
+    'test_model_forward_fx_torchscript',
+]
+NOT_SCRIPTABLE = ('DAT++ is not scriptable: its neighbourhood attention chooses its tiling plan and kernels in '
+                  'Python at run time (models/dat.py, NeighborhoodAttention2D.__prepare_scriptable__; '
+                  'tests/test_timm_conventions.py asserts the error)')
+#: {timm test: {model pattern: why it does not run there}}.
+EXCLUDE = {
+    'test_model_forward_torchscript': {'dat_*': NOT_SCRIPTABLE, 'absdat_*': NOT_SCRIPTABLE},
+    'test_model_forward_fx_torchscript': {'dat_*': NOT_SCRIPTABLE, 'absdat_*': NOT_SCRIPTABLE},
+}
+
+#: The default run (CI): every code path at micro size, with the test-only variants of
+#: tests/timm_suite/micro_variants.py. PROJECT_TIMM_SUITE_ALL=1 runs every registered model.
+QUICK_MODELS = ['absvit_micro_patch4_28_gap', 'absvit_micro_patch4_28_token', 'vit_micro_patch4_28_gap', 'dat_micro',
+                'absdat_micro', 'absdat_micro_feedback'] + [
+    f'absvit_micro_patch4_28_gap_{m}' for m in ('qkv', 'feedback', 'maskatt', 'perceiver')]
+
+
+def project_models():
+    """Every name the project registers, plus the test-only micro variants."""
+    sys.path[:0] = [str(ROOT), str(HELPERS)]
+    import timm
+    import models  # noqa: F401
+    import micro_variants  # noqa: F401
+    return sorted(n for n in timm.list_models() if timm.models.get_pretrained_cfg(n) is not None
+                  and any(timm.models.is_model_in_modules(n, [m]) for m in PROJECT_MODULES))
+
+
+def is_non_std(model: str) -> bool:
+    return any(fnmatch.fnmatch(model, p) for p in NON_STD + ['vit_*'])
+
+
+def expected_tests(model: str):
+    """The timm tests that should run on ``model`` (the default-cfg test in its std/non-std form; the
+    feature-map test only for std models), less the documented exclusions."""
+    skip = {'test_model_default_cfgs', 'test_model_forward_features'} if is_non_std(model) \
+        else {'test_model_default_cfgs_non_std'}
+    return [t for t in TESTS if t not in skip and not any(fnmatch.fnmatch(model, p) for p in EXCLUDE.get(t, {}))]
+
+
+def patched_suite(text: str) -> str:
+    """timm's file with the project's models classified (see the module docstring)."""
+    anchor = '\nTARGET_FWD_SIZE = MAX_FWD_SIZE'
+    if anchor not in text or 'FEAT_INTER_FILTERS = [' not in text or 'NON_STD_FILTERS = [' not in text:
+        raise RuntimeError(f'{SUITE} does not have the layout this harness patches (timm changed it)')
+    block = (f'\n# -- added by the project\'s tests/test_timm_suite.py --\n'
+             f'FEAT_INTER_FILTERS += {PROJECT_MODULES!r}\nNON_STD_FILTERS += {NON_STD!r}\n')
+    return text.replace(anchor, block + anchor, 1)
+
+
+def run_suite(models, workdir: Path, timeout: float = 3000) -> dict:
+    """Run the patched suite on ``models``; returns the plugin's results ``{nodeid: {...}}``."""
+    (workdir / 'test_models.py').write_text(patched_suite(SUITE.read_text()))
+    (workdir / 'pytest.ini').write_text('[pytest]\n')
+    report = workdir / 'results.json'
+    env = {k: v for k, v in os.environ.items() if k not in ('GITHUB_ACTIONS', 'PYTEST_XDIST_WORKER',
+                                                            'PYTEST_ADDOPTS', 'PYTEST_CURRENT_TEST')}
+    env.update(PYTHONPATH=os.pathsep.join([str(HELPERS), str(ROOT)]), PROJECT_TIMM_SUITE_REPORT=str(report),
+               PROJECT_TIMM_SUITE=json.dumps(dict(models=list(models), tests=TESTS, exclude=EXCLUDE)))
+    cmd = [sys.executable, '-m', 'pytest', 'test_models.py', '-p', 'project_models_plugin', '-p', 'no:cacheprovider',
+           '-p', 'no:xdist', '-q', '-rN', '--tb=line', '-W', 'ignore']
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    if not report.is_file():
+        raise RuntimeError(f'timm suite did not run (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
+    return json.loads(report.read_text())
+
+
+def per_model(results: dict) -> dict:
+    """{model: {test: outcome}}."""
+    table = defaultdict(dict)
+    for r in results.values():
+        table[r['model']][r['test']] = r['outcome']
+    return table
+
+
+def check(results: dict, models) -> list:
+    """Problems: a failed or skipped pair, a missing expected pair or an unexpected one."""
+    table, problems = per_model(results), []
+    for r in results.values():
+        if r['outcome'] != 'passed':
+            problems.append(f"{r['test']}[{r['model']}] {r['outcome']}: {r['message']}")
+    for m in models:
+        ran, want = set(table.get(m, {})), set(expected_tests(m))
+        problems += [f'{t}[{m}] did not run' for t in sorted(want - ran)]
+        problems += [f'{t}[{m}] ran but is not expected' for t in sorted(ran - want)]
+    return problems
+
+
+@pytest.mark.slow
+def test_timm_model_suite_passes_on_project_models(tmp_path):
+    if not SUITE.is_file():
+        pytest.skip(f"{SUITE} is absent: scripts/setup.sh extracts timm's tests/test_models.py from timm's source "
+                    'release (set TIMM_TEST_MODELS to use another copy)')
+    models = project_models() if os.environ.get('PROJECT_TIMM_SUITE_ALL') else QUICK_MODELS
+    results = run_suite(models, tmp_path)
+    problems = check(results, models)
+    assert not problems, '\n'.join(problems)
+
+
+# -------------------------------------------------------------------------------------------------
+
+def format_table(results: dict, models) -> str:
+    table = per_model(results)
+    short = {t: t.replace('test_model_', '') for t in TESTS}
+    lines = ['| model | ' + ' | '.join(short[t] for t in TESTS) + ' | passed / run |',
+             '|---|' + '---|' * (len(TESTS) + 1)]
+    for m in models:
+        row = table.get(m, {})
+        cells = [row.get(t, '-') for t in TESTS]
+        ok = sum(c == 'passed' for c in cells)
+        ran = sum(c != '-' for c in cells)
+        lines.append(f'| `{m}` | ' + ' | '.join(cells) + f' | {ok} / {ran} |')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description='timm test_models.py on the project models, as a table')
+    ap.add_argument('--all', action='store_true', help='every registered project model (default: the quick set)')
+    ap.add_argument('--models', nargs='+')
+    ap.add_argument('--json', help='also write the raw results here')
+    args = ap.parse_args(argv)
+    models = args.models or (project_models() if args.all else QUICK_MODELS)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        results = run_suite(models, Path(d))
+    print(format_table(results, models))
+    print(f'\n{time.perf_counter() - t0:.0f} s')
+    for p in check(results, models):
+        print('-', p)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,49 @@
+"""Test-only registrations for timm's model suite (``tests/test_timm_suite.py``), so that its default
+run covers every code path at micro cost:
+
+* ``absvit_micro_patch4_28_gap_<mode>``: the micro AbSViT in every other ``td_mode``, and
+  ``absvit_micro_patch4_28_token`` with class-token pooling (prefix tokens, final norm);
+* ``dat_micro``, ``absdat_micro``, ``absdat_micro_feedback``: a 2-2-2-2 block DAT++ 16-32-64-128 wide
+  at 128 px (every block type in every stage, the layout of ``tests/test_dat.py``'s golden micro).
+
+Imported by the suite's plugin in its subprocess only; the project's zoo (``models``) does not
+register these names. Each calls the registered entrypoint of its full-size model with its own
+pretrained config and the micro arguments.
+"""
+import timm
+from timm.models import generate_default_cfgs, register_model
+
+import models
+
+DAT_MICRO = dict(img_size=128, dim_stem=16, dims=[16, 32, 64, 128], depths=[2, 2, 2, 2], heads=[1, 1, 2, 4],
+                 groups=[1, 1, 1, 2], stage_spec=[['N', 'D'], ['N', 'D'], ['N', 'D'], ['D', 'D']], drop_path_rate=0.)
+DAT_MICRO_CFG = dict(timm.models.get_pretrained_cfg('dat_tiny').to_dict(), input_size=(3, 128, 128),
+                     pool_size=(4, 4))
+
+#: name -> (registered model it shrinks or re-moded, its arguments, its pretrained config)
+VARIANTS = {
+    **{f'absvit_micro_patch4_28_gap_{mode}': ('absvit_micro_patch4_28_gap', dict(td_mode=mode), None)
+       for mode in models.TD_MODES if mode != 'abs'},
+    'absvit_micro_patch4_28_token': ('absvit_micro_patch4_28_gap', dict(global_pool='token'), None),
+    'dat_micro': ('dat_tiny', DAT_MICRO, DAT_MICRO_CFG),
+    'absdat_micro': ('absdat_tiny', DAT_MICRO, DAT_MICRO_CFG),
+    'absdat_micro_feedback': ('absdat_tiny', dict(DAT_MICRO, td_mode='feedback'), DAT_MICRO_CFG),
+}
+
+__all__ = []
+default_cfgs = generate_default_cfgs({
+    name: cfg or timm.models.get_pretrained_cfg(base).to_dict() for name, (base, _, cfg) in VARIANTS.items()})
+
+
+def _entrypoint(name: str, base: str, args: dict):
+    def create(pretrained: bool = False, pretrained_cfg=None, **kwargs):
+        cfg = pretrained_cfg or timm.models.get_pretrained_cfg(name)
+        return timm.models.model_entrypoint(base)(pretrained, pretrained_cfg=cfg, **{**args, **kwargs})
+    create.__name__ = create.__qualname__ = name
+    create.__module__ = __name__
+    create.__doc__ = f'{base} with {args} (test-only registration).'
+    return create
+
+
+for _name, (_base, _args, _) in VARIANTS.items():
+    globals()[_name] = register_model(_entrypoint(_name, _base, _args))
