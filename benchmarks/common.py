@@ -24,7 +24,7 @@ import models  # noqa: E402,F401  (registers the zoo with timm)
 #: timm's own ViTs: the bottom-up baselines of the patch-16 AbSViTs (not forked by the project).
 VIT_BASELINES = ('vit_tiny_patch16_224', 'vit_small_patch16_224', 'vit_base_patch16_224')
 #: top-down name prefix -> the prefix of its bottom-up twin
-TWIN_PREFIXES = (('absvit_', 'vit_'), ('absdat_', 'dat_'))
+TWIN_PREFIXES = (('absvit_', 'vit_'), ('absdat_', 'dat_'), ('absrvt_', 'rvt_'), ('absfan_', 'fan_'))
 #: prefix of a model name that means "the naive reference implementation of that AbSViT"
 NAIVE_PREFIX = 'naive:'
 

@@ -42,17 +42,24 @@ RELEASE_PARAMS = {
 }
 
 #: Published figures: (params in M, GMACs ("FLOPs" in the papers' convention), ImageNet top-1, source).
-#: AbSViT paper (Shi, Darrell, Wang, CVPR 2023, arXiv 2303.13043): its Table 2 params / FLOPs columns
-#: could not be retrieved here, so they are left n/a (None) rather than guessed; the ImageNet top-1
-#: figures are those the official release lists for its checkpoints (github.com/bfshi/AbSViT README).
+#: AbSViT paper (Shi, Darrell, Wang, CVPR 2023, arXiv 2303.13043), Table 2: params and FLOPs of ViT, RVT and
+#: FAN and their AbS versions (FAN-B's top-1 83.5 / 83.7 too); the ViT/AbSViT top-1 figures are those the
+#: official release lists for its checkpoints (github.com/bfshi/AbSViT README).
 #: DAT++ (Xia et al., arXiv 2309.01430): DAT-T++ / S++ / B++ at 224, B++ at 384.
-PAPER = {
-    'vit_tiny_patch16_224': (None, None, 72.5, 'AbSViT release'),
-    'absvit_tiny_patch16_224': (None, None, 74.1, 'AbSViT release'),
-    'vit_small_patch16_224': (None, None, 80.1, 'AbSViT release'),
-    'absvit_small_patch16_224': (None, None, 80.7, 'AbSViT release'),
-    'vit_base_patch16_224': (None, None, 80.8, 'AbSViT release'),
-    'absvit_base_patch16_224': (None, None, 81.0, 'AbSViT release'),
+PAPER = {  # AbSViT Table 2 gives params (M) and GFLOPs (multiply-adds); top-1 from the AbSViT release
+    'vit_tiny_patch16_224': (6, 1.3, 72.5, 'AbSViT Table 2 / release'),
+    'absvit_tiny_patch16_224': (7, 2.6, 74.1, 'AbSViT Table 2 / release'),
+    'vit_small_patch16_224': (22, 4.2, 80.1, 'AbSViT Table 2 / release'),
+    'absvit_small_patch16_224': (26, 9.8, 80.7, 'AbSViT Table 2 / release'),
+    'vit_base_patch16_224': (87, 17.2, 80.8, 'AbSViT Table 2 / release'),
+    'absvit_base_patch16_224': (99, 38.9, 81.0, 'AbSViT Table 2 / release'),
+    'rvt_tiny': (9, 1.3, None, 'AbSViT Table 2'), 'absrvt_tiny': (11, 2.7, None, 'AbSViT Table 2'),
+    'rvt_small': (22, 4.3, None, 'AbSViT Table 2'), 'absrvt_small': (26, 10.4, None, 'AbSViT Table 2'),
+    'rvt_base': (86, 17.7, None, 'AbSViT Table 2'), 'absrvt_base': (100, 39.5, None, 'AbSViT Table 2'),
+    'fan_tiny_12_p16_224': (7, 1.3, None, 'AbSViT Table 2'), 'absfan_tiny_12_p16_224': (9, 2.9, None, 'AbSViT Table 2'),
+    'fan_small_12_p16_224': (28, 5.3, None, 'AbSViT Table 2'),
+    'absfan_small_12_p16_224': (32, 11.4, None, 'AbSViT Table 2'),
+    'fan_base_18_p16_224': (54, 10.4, 83.5, 'AbSViT Table 2'), 'absfan_base_18_p16_224': (62, 21.8, 83.7, 'AbSViT Table 2'),
     'dat_tiny': (24, 4.3, None, 'DAT++'),
     'dat_small': (53, 9.4, None, 'DAT++'),
     'dat_base': (93, 16.6, None, 'DAT++'),
@@ -146,9 +153,9 @@ def main(argv=None) -> str:
         report(results, known), '',
         f'_{len(results)} rows in {time.perf_counter() - t0:.0f}s. `naive:` = the naive reference '
         '(benchmarks/naive_absvit.py: what the reference release computes, full qkv of td and the '
-        'variational loss in every forward). Published figures: AbSViT/ViT top-1 from the official '
-        'release (github.com/bfshi/AbSViT); their params/FLOPs (paper Table 2) were not retrieved: n/a, '
-        'not guessed. DAT++: Xia et al., arXiv 2309.01430 (FLOPs there = GMACs here)._',
+        'variational loss in every forward). Published figures: params/FLOPs of ViT, RVT, FAN and their AbS '
+        'versions from the AbSViT paper\'s Table 2, AbSViT/ViT top-1 from the official release '
+        '(github.com/bfshi/AbSViT); DAT++: Xia et al., arXiv 2309.01430 (FLOPs there = GMACs here)._',
     ])
     print(text)
     if args.out:

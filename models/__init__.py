@@ -9,3 +9,5 @@ from .checkpoint import CheckpointError, adapt_state_dict, load_checkpoint_file,
 from . import absvit
 from .absvit import AbSViT
 from .dat import AbSDAT, DAT  # registers dat_* and absdat_* with timm
+from .fan import AbSFAN, FAN  # fan_* and absfan_*
+from .rvt import AbSRVT, RVT  # rvt_* and absrvt_*

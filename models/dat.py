@@ -160,6 +160,22 @@ class NeighborhoodAttention2D(nn.Module):
                            'natten kernels are chosen in Python at run time; use eager, torch.compile or FX tracing')
 
 
+@register_notrace_function  # FX: sizes from the traced tensors' shapes (torch < 2.10 cannot trace arange on them)
+def reference_points(Hk: int, Wk: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(Hk, Wk, 2) as (y, x): the release's ``(j + 0.5) / (n - 1) * 2 - 1`` grid (kept for exactness)."""
+    ys = (torch.arange(Hk, dtype=dtype, device=device) + 0.5).div(Hk - 1.0).mul(2.0).sub(1.0)
+    xs = (torch.arange(Wk, dtype=dtype, device=device) + 0.5).div(Wk - 1.0).mul(2.0).sub(1.0)
+    return torch.stack(torch.meshgrid(ys, xs, indexing='ij'), -1)
+
+
+@register_notrace_function
+def query_grid(H: int, W: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(H, W, 2) as (y, x): query positions in [-1, 1] (align_corners convention)."""
+    ys = torch.arange(H, dtype=dtype, device=device).div(H - 1.0).mul(2.0).sub(1.0)
+    xs = torch.arange(W, dtype=dtype, device=device).div(W - 1.0).mul(2.0).sub(1.0)
+    return torch.stack(torch.meshgrid(ys, xs, indexing='ij'), -1)
+
+
 class DeformableAttention(nn.Module):
     """DAT++'s deformable attention on (B, C, H, W) maps (release ``DAttentionBaseline``).
 
@@ -202,20 +218,6 @@ class DeformableAttention(nn.Module):
         else:
             self.rpe_table = None
 
-    @staticmethod
-    def reference_points(Hk: int, Wk: int, dtype, device) -> torch.Tensor:
-        """(Hk, Wk, 2) as (y, x): the release's ``(j + 0.5) / (n - 1) * 2 - 1`` grid (kept for exactness)."""
-        ys = (torch.arange(Hk, dtype=dtype, device=device) + 0.5).div(Hk - 1.0).mul(2.0).sub(1.0)
-        xs = (torch.arange(Wk, dtype=dtype, device=device) + 0.5).div(Wk - 1.0).mul(2.0).sub(1.0)
-        return torch.stack(torch.meshgrid(ys, xs, indexing='ij'), -1)
-
-    @staticmethod
-    def query_grid(H: int, W: int, dtype, device) -> torch.Tensor:
-        """(H, W, 2) as (y, x): query positions in [-1, 1] (align_corners convention)."""
-        ys = torch.arange(H, dtype=dtype, device=device).div(H - 1.0).mul(2.0).sub(1.0)
-        xs = torch.arange(W, dtype=dtype, device=device).div(W - 1.0).mul(2.0).sub(1.0)
-        return torch.stack(torch.meshgrid(ys, xs, indexing='ij'), -1)
-
     def sample_positions(self, q: torch.Tensor) -> torch.Tensor:
         """Deformed sampling positions (B * groups, Hk, Wk, 2) as (y, x) in [-1, 1] from the queries."""
         B, C, H, W = q.shape
@@ -225,7 +227,7 @@ class DeformableAttention(nn.Module):
         if self.offset_range_factor >= 0:  # DAT (v1) setting: bounded offsets, no clamp
             scale = offset.new_tensor([1.0 / (Hk - 1.0), 1.0 / (Wk - 1.0)]).view(1, 2, 1, 1)
             offset = offset.tanh().mul(scale).mul(self.offset_range_factor)
-        pos = offset.permute(0, 2, 3, 1) + self.reference_points(Hk, Wk, q.dtype, q.device)
+        pos = offset.permute(0, 2, 3, 1) + reference_points(Hk, Wk, q.dtype, q.device)
         return pos if self.offset_range_factor >= 0 else pos.clamp(-1., 1.)
 
     def _sample(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -238,7 +240,7 @@ class DeformableAttention(nn.Module):
     def position_bias(self, pos: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """(B * heads, H * W, Hk * Wk) bias, read bilinearly from the table at half the displacement."""
         Bg, Hk, Wk, _ = pos.shape
-        qg = self.query_grid(H, W, pos.dtype, pos.device).reshape(1, H * W, 1, 2)
+        qg = query_grid(H, W, pos.dtype, pos.device).reshape(1, H * W, 1, 2)
         disp = (qg - pos.reshape(Bg, 1, Hk * Wk, 2)).mul(0.5)
         table = self.rpe_table.reshape(self.n_groups, self.n_group_heads, self.rpe_table.shape[1],
                                        self.rpe_table.shape[2])

@@ -1,6 +1,6 @@
 """timm's own model test suite (``tests/test_models.py`` of timm's source release) on the project's models.
 
-``scripts/setup.sh`` extracts that file, for the installed timm, to ``.venv/timm-tests/test_models.py``
+``scripts/setup.sh`` extracts that file, for the installed timm, to ``<venv>/timm-tests/test_models.py``
 (``TIMM_TEST_MODELS`` overrides the path); without it this test skips. A patched copy in a temporary
 folder is run in a subprocess with ``tests/timm_suite/project_models_plugin.py``, which registers the
 project's models and deselects every other model. The patch only classifies the project's models the
@@ -34,10 +34,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPERS = Path(__file__).resolve().parent / 'timm_suite'
-SUITE = Path(os.environ.get('TIMM_TEST_MODELS', ROOT / '.venv' / 'timm-tests' / 'test_models.py'))
+#: setup.sh puts it in the environment that runs the tests (.venv, or .venv-floors for check_floors.sh)
+SUITE = Path(os.environ.get('TIMM_TEST_MODELS', Path(sys.prefix) / 'timm-tests' / 'test_models.py'))
 
-PROJECT_MODULES = ['absvit', 'dat', 'micro_variants']
-NON_STD = ['absvit_*']
+PROJECT_MODULES = ['absvit', 'dat', 'rvt', 'fan', 'micro_variants']
+NON_STD = ['absvit_*', 'fan_*', 'absfan_*']
 TESTS = [
     'test_model_forward', 'test_model_backward', 'test_model_default_cfgs', 'test_model_default_cfgs_non_std',
     'test_model_forward_features', 'test_model_forward_intermediates_features', 'test_model_forward_intermediates',
