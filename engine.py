@@ -189,8 +189,12 @@ class _LossTracker:
 def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
              class_mask: Optional[torch.Tensor] = None,
              attack: Optional[Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
-             desc: str = 'Test', progress: bool = True) -> Dict[str, float]:
+             desc: str = 'Test', progress: bool = True, evaluator=None) -> Dict[str, float]:
     """Top-1/top-5 accuracy (%) and mean cross-entropy over the whole loader.
+
+    * ``evaluator``: another task's metrics (e.g. ``multilabel_metrics.MultiLabelEvaluator``): it is ``reset()``,
+      given every batch's ``update(logits, targets)``, and its ``compute()`` (which gathers the processes' shards)
+      is returned instead.
 
     * ``class_mask``: indices of the logit columns to keep (e.g. the 200 ImageNet-A/R classes); targets are
       then indices into the mask.
@@ -205,6 +209,8 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp_
     if class_mask is not None:
         class_mask = torch.as_tensor(class_mask, dtype=torch.long, device=device)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, correct1, correct5, n
+    if evaluator is not None:
+        evaluator.reset()
     try:
         for images, targets in _progress(data_loader, len(data_loader), desc, progress):
             images = images.to(device, non_blocking=True)
@@ -217,6 +223,9 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp_
             logits = logits.float()
             if class_mask is not None:
                 logits = logits[:, class_mask]
+            if evaluator is not None:
+                evaluator.update(logits, targets)
+                continue
             loss = F.cross_entropy(logits, targets, reduction='sum')
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices
@@ -225,6 +234,8 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp_
                                  torch.tensor(float(len(targets)), dtype=torch.float64, device=device)])
     finally:
         net.train(was_training)
+    if evaluator is not None:
+        return evaluator.compute()
     misc.all_reduce_sum(sums)
     loss_sum, c1, c5, n = sums.tolist()
     n_safe = max(n, 1.0)

@@ -17,7 +17,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from models import TopDownOutput
 
-__all__ = ['AbSLoss', 'PlainLoss', 'build_supervised_loss', 'build_criterion']
+__all__ = ['AbSLoss', 'PlainLoss', 'AsymmetricLoss', 'build_supervised_loss', 'build_multilabel_loss',
+           'build_criterion']
 
 
 class PlainLoss(nn.Module):
@@ -78,9 +79,41 @@ def build_supervised_loss(mixup_active: bool, smoothing: float = 0.0) -> nn.Modu
     return nn.CrossEntropyLoss()
 
 
+class AsymmetricLoss(nn.Module):
+    """Asymmetric loss for multi-hot targets (Ridnik et al., ICCV 2021), summed over classes and images: positives
+    ``-(1 - p)^gamma_pos log p``, negatives ``-m^gamma_neg log(1 - m)`` with ``m = max(p - clip, 0)``, so that
+    easy negatives (most of the K classes of every image) count little. The IDA release's option."""
+
+    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8):
+        super().__init__()
+        self.gamma_neg, self.gamma_pos, self.clip, self.eps = gamma_neg, gamma_pos, clip, eps
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(logits.float())
+        p_neg = (p - self.clip).clamp(min=0) if self.clip > 0 else p
+        pos = target * (1 - p).pow(self.gamma_pos) * torch.log(p.clamp(min=self.eps))
+        neg = (1 - target) * p_neg.pow(self.gamma_neg) * torch.log((1 - p_neg).clamp(min=self.eps))
+        return -(pos + neg).sum()
+
+    def extra_repr(self) -> str:
+        return f'gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}'
+
+
+def build_multilabel_loss(args) -> nn.Module:
+    """``--loss multilabel_soft_margin``: ``MultiLabelSoftMarginLoss(reduction='sum')``, what the IDA release
+    trains with (the per-image mean over classes, summed over the batch); ``--loss asl``: ``AsymmetricLoss``."""
+    if args.loss == 'asl':
+        return AsymmetricLoss(args.asl_gamma_neg, args.asl_gamma_pos, args.asl_clip)
+    return nn.MultiLabelSoftMarginLoss(reduction='sum')
+
+
 def build_criterion(args, model: nn.Module, mixup_active: bool) -> nn.Module:
-    """The training criterion for ``model``: ``AbSLoss`` for top-down models, ``PlainLoss`` otherwise."""
-    base = build_supervised_loss(mixup_active, getattr(args, 'smoothing', 0.0))
+    """The training criterion for ``model``: ``AbSLoss`` for top-down models, ``PlainLoss`` otherwise; the
+    supervised loss is ``--loss``'s (cross-entropy, or a multi-label loss for multi-hot targets)."""
+    if getattr(args, 'loss', 'ce') in ('multilabel_soft_margin', 'asl'):
+        base = build_multilabel_loss(args)
+    else:
+        base = build_supervised_loss(mixup_active, getattr(args, 'smoothing', 0.0))
     if getattr(model, 'is_top_down', False):
         return AbSLoss(base, var_weight=getattr(args, 'var_loss', 0.1))
     return PlainLoss(base)

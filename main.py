@@ -49,6 +49,7 @@ if _BUSY_CPU:
     os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
 
 
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -74,7 +75,9 @@ import engine
 import losses
 import misc
 import models
+import multilabel_metrics
 import robustness
+import schedulers
 from errors import NonFiniteLossError, UserError, UserFacingError
 from options import parse_args, resolve_amp  # main.parse_args: the command line's settings
 from train_state import TrainState, gather_rng_states, load_model_weights
@@ -110,6 +113,8 @@ class Loop:
     n_params: int
     log_path: Optional[Path] = None
     tb_writer: Any = None
+    evaluator: Any = None       # another task's metrics (multi-label: mAP), None for top-1 classification
+    best_epoch: int = -1        # the epoch of the best test metric so far (for --early-stop)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,6 +162,8 @@ def create_model(args, num_classes: int) -> nn.Module:
         kwargs['in_chans'] = args.in_chans
     if args.td_mode:
         kwargs['td_mode'] = args.td_mode
+    if getattr(args, 'pretrained', False):
+        kwargs['pretrained'] = True
     try:
         return timm.create_model(name, **kwargs)
     except TypeError as e:
@@ -268,6 +275,8 @@ def wrap_model(args, model: nn.Module, device: torch.device) -> Tuple[nn.Module,
             _logger.warning('--finetune is ignored: --resume restores all weights')
         else:
             load_finetune(args.finetune, model)
+    if getattr(args, 'sync_bn', False) and args.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place below the top module: checkpoints unchanged
     model.to(device)
     model_ema = None
     if args.model_ema and not args.eval:
@@ -282,6 +291,25 @@ def wrap_model(args, model: nn.Module, device: torch.device) -> Tuple[nn.Module,
     if args.compile:  # wraps the DDP model; checkpoints hold the unwrapped model, so keys stay plain
         net = torch.compile(net, backend=args.compile_backend, mode=args.compile_mode)
     return net, model_ema
+
+
+def build_evaluator(args) -> Optional[multilabel_metrics.MultiLabelEvaluator]:
+    """The metrics of the dataset's task: None (top-1/top-5 in ``engine.evaluate``) or the multi-label evaluator."""
+    return multilabel_metrics.MultiLabelEvaluator() if datasets.dataset_task(args.data_set) == 'multilabel' else None
+
+
+def test_summary(stats: Dict[str, Any], evaluator=None) -> str:
+    if evaluator is not None:
+        return evaluator.summary(stats)
+    return f'acc@1 {stats["acc1"]:.2f} acc@5 {stats["acc5"]:.2f} loss {stats["loss"]:.4f} (n={stats["n"]})'
+
+
+def write_task_report(rt: Runtime, evaluator, stats: Dict[str, Any], dataset) -> None:
+    """OUTPUT_DIR/report.md (and .json): the multi-label metrics with per-class AP of the last evaluation."""
+    if evaluator is None or not (rt.output_dir and rt.is_main):
+        return
+    base = getattr(dataset, 'dataset', dataset)  # through a Subset (--val-limit)
+    multilabel_metrics.write_report(str(rt.output_dir / 'report.md'), stats, getattr(base, 'classes', None))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,9 +328,14 @@ def evaluate_only(args, rt: Runtime, net: nn.Module, model: nn.Module, loader_va
     else:
         _logger.warning('--eval without --resume evaluates untrained weights')
     _logger.info(f'evaluating the {which}')
-    stats = engine.evaluate(loader_val, net, rt.device, rt.amp_dtype, progress=args.progress)
-    _logger.info(f'* acc@1 {stats["acc1"]:.3f} acc@5 {stats["acc5"]:.3f} loss {stats["loss"]:.4f} '
-                 f'on {stats["n"]} images of {args.data_set}')
+    evaluator = build_evaluator(args)
+    stats = engine.evaluate(loader_val, net, rt.device, rt.amp_dtype, progress=args.progress, evaluator=evaluator)
+    if evaluator is None:
+        _logger.info(f'* acc@1 {stats["acc1"]:.3f} acc@5 {stats["acc5"]:.3f} loss {stats["loss"]:.4f} '
+                     f'on {stats["n"]} images of {args.data_set}')
+    else:
+        _logger.info(f'* {test_summary(stats, evaluator)} on {args.data_set}')
+        write_task_report(rt, evaluator, stats, loader_val.dataset)
     if rt.output_dir and rt.is_main:
         misc.append_json_line(str(rt.output_dir / 'log.txt'),
                               {'mode': 'eval', 'weights': which, 'model': args.model, 'data_set': args.data_set,
@@ -357,22 +390,35 @@ def build_mixup(args, num_classes: int) -> Optional[Mixup]:
                  label_smoothing=args.smoothing, num_classes=num_classes)
 
 
-def build_training(args, rt: Runtime, model: nn.Module, model_ema: Optional[ModelEmaV3], updates_per_epoch: int,
-                   num_classes: int) -> Tuple[TrainState, nn.Module, Optional[Mixup]]:
-    """Optimizer, lr schedule, AMP loss scaler (fp16 only), mixup and criterion; returns
-    ``(training state, criterion, mixup_fn)``."""
-    optimizer, fused = build_optimizer(args, model, rt)
+def build_scheduler(args, optimizer: torch.optim.Optimizer, updates_per_epoch: int):
+    """timm's scheduler of ``--sched``, or ``onecycle`` (PyTorch's OneCycleLR to ``--lr``, which timm lacks)."""
+    if args.sched == 'onecycle':
+        if not args.sched_on_updates:
+            raise UserError('--sched onecycle is defined in updates: use it with --sched-on-updates')
+        return schedulers.OneCycleSchedule(optimizer, max_lr=args.lr_effective, pct_start=args.onecycle_pct,
+                                           total_steps=args.epochs * updates_per_epoch)
     lr_scheduler, _ = create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
         decay_rate=args.decay_rate, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
         warmup_epochs=args.warmup_epochs, step_on_epochs=not args.sched_on_updates,
         updates_per_epoch=updates_per_epoch)
+    return lr_scheduler
+
+
+def build_training(args, rt: Runtime, model: nn.Module, model_ema: Optional[ModelEmaV3], updates_per_epoch: int,
+                   num_classes: int) -> Tuple[TrainState, nn.Module, Optional[Mixup]]:
+    """Optimizer, lr schedule, AMP loss scaler (fp16 only), mixup and criterion; returns
+    ``(training state, criterion, mixup_fn)``."""
+    optimizer, fused = build_optimizer(args, model, rt)
+    lr_scheduler = build_scheduler(args, optimizer, updates_per_epoch)
     loss_scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
     mixup_fn = build_mixup(args, num_classes)
     criterion = losses.build_criterion(args, model, mixup_fn is not None)
     global_batch = args.batch_size * rt.world
     _logger.info(f'criterion: {criterion}; optimizer {args.opt}{" (fused)" if fused else ""}, '
-                 f'lr {args.lr_effective:.3g} (= {args.lr:g} x {global_batch} / {args.lr_base_size}), '
+                 f'lr {args.lr_effective:.3g} '
+                 + (f'(= {args.lr:g} x {global_batch} / {args.lr_base_size}), ' if args.lr_base_size > 0 else
+                    '(not scaled with the batch), ') +
                  f'weight decay {args.weight_decay}, {args.sched} schedule over {args.epochs} epochs '
                  f'({updates_per_epoch} steps each, {args.warmup_epochs} warm-up), EMA {"on" if model_ema else "off"}, '
                  f'mixup {"on" if mixup_fn else "off"}, repeated aug {"on" if args.repeated_aug else "off"}'
@@ -445,20 +491,33 @@ def evaluate_epoch(loop: Loop, epoch: int) -> Dict[str, float]:
     args, rt = loop.args, loop.rt
     if (epoch + 1) % args.test_every != 0 and epoch + 1 != args.epochs:
         return {}
-    stats = engine.evaluate(loop.loader_val, loop.net, rt.device, rt.amp_dtype, progress=args.progress)
+    stats = engine.evaluate(loop.loader_val, loop.net, rt.device, rt.amp_dtype, progress=args.progress,
+                            evaluator=loop.evaluator)
+    write_task_report(rt, loop.evaluator, stats, loop.loader_val.dataset)
     ema = loop.state.model_ema
     if ema is not None and args.model_ema_eval:
         ema_stats = engine.evaluate(loop.loader_val, ema.module, rt.device, rt.amp_dtype, desc='Test EMA',
-                                    progress=args.progress)
+                                    progress=args.progress, evaluator=loop.evaluator)
         stats.update({f'ema_{k}': v for k, v in ema_stats.items()})
     return stats
+
+
+def best_metric(loop: Loop, test_stats: Dict[str, Any]) -> Dict[str, float]:
+    """What ``TrainState.update_best`` ranks epochs by (as its ``acc1``): test top-1, or the evaluator's key
+    (mAP), and then the better of the model and its EMA when both were evaluated, as the IDA release keeps."""
+    if not test_stats or loop.evaluator is None:
+        return test_stats
+    key = loop.evaluator.key
+    return {'acc1': max(test_stats[key], test_stats.get(f'ema_{key}', float('-inf')))}
 
 
 def checkpoint_epoch(loop: Loop, epoch: int, test_stats: Dict[str, float]) -> None:
     """Record the finished epoch; write checkpoint.pth, and best_model.pth when test top-1 improved."""
     state, rt = loop.state, loop.rt
     state.epoch = epoch
-    improved = state.update_best(test_stats)
+    improved = state.update_best(best_metric(loop, test_stats))
+    if improved:
+        loop.best_epoch = epoch
     rngs = gather_rng_states()  # collective: every rank takes part
     if rt.output_dir and rt.is_main:
         checkpoint = state.save(str(rt.output_dir / 'checkpoint.pth'), loop.args, rngs)
@@ -478,8 +537,7 @@ def log_epoch(loop: Loop, epoch: int, train_stats: Dict[str, float], test_stats:
     eta = (args.epochs - epoch - 1) * sum(epoch_times) / len(epoch_times)
     _logger.info(f'epoch {epoch + 1}/{args.epochs}: train loss {train_stats["loss"]:.4f}, '
                  f'{train_stats["img_per_sec"]:.0f} img/s'
-                 + (f'; test acc@1 {test_stats["acc1"]:.2f} acc@5 {test_stats["acc5"]:.2f} '
-                    f'loss {test_stats["loss"]:.4f} (n={test_stats["n"]})' if test_stats else '')
+                 + (f'; test {test_summary(test_stats, loop.evaluator)}' if test_stats else '')
                  + f'; best {best:.2f}; {misc.format_seconds(epoch_times[-1])} per epoch, '
                    f'ETA {misc.format_seconds(eta)}')
     if not loop.rt.is_main:
@@ -488,9 +546,31 @@ def log_epoch(loop: Loop, epoch: int, train_stats: Dict[str, float], test_stats:
         misc.append_json_line(str(loop.log_path), record)
     if loop.tb_writer is not None:
         for k, v in test_stats.items():
-            loop.tb_writer.add_scalar(f'test/{k}', v, epoch + 1)
+            if isinstance(v, (int, float)):  # not the per-class AP lists
+                loop.tb_writer.add_scalar(f'test/{k}', v, epoch + 1)
         loop.tb_writer.add_scalar('train/epoch_loss', train_stats['loss'], epoch + 1)
         loop.tb_writer.flush()
+
+
+def best_epoch_from_log(loop: Loop) -> int:
+    """The epoch of the best metric of a resumed run, from its log.txt (the first epoch whose ``max_accuracy``
+    is the checkpoint's); without a log, the resumed epoch (the patience of --early-stop then restarts)."""
+    state = loop.state
+    if state.epoch < 0 or not (loop.log_path and loop.log_path.is_file()):
+        return state.epoch
+    with open(loop.log_path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    best = [r['epoch'] for r in records if 'epoch' in r and r.get('max_accuracy') == state.max_accuracy]
+    return best[0] if best else state.epoch
+
+
+def stop_early(loop: Loop, epoch: int) -> bool:
+    """``--early-stop N``: whether N epochs have passed since the best one (the IDA release stops after 8)."""
+    patience = getattr(loop.args, 'early_stop', 0) or 0
+    if patience <= 0 or epoch + 1 >= loop.args.epochs or epoch - loop.best_epoch < patience:
+        return False
+    _logger.info(f'early stop: no new best in the {epoch - loop.best_epoch} epochs since epoch {loop.best_epoch + 1}')
+    return True
 
 
 def train_loop(loop: Loop) -> Dict[str, Any]:
@@ -498,6 +578,7 @@ def train_loop(loop: Loop) -> Dict[str, Any]:
     args, state = loop.args, loop.state
     state.restore_rng()  # last thing before the loop: nothing else may draw from the generators
     start = state.start_epoch
+    loop.best_epoch = best_epoch_from_log(loop)
     _logger.info(f'start training for {args.epochs - start} epoch(s)' + (f' from epoch {start + 1}' if start else ''))
     t0 = time.time()
     test_stats: Dict[str, Any] = {}
@@ -509,8 +590,11 @@ def train_loop(loop: Loop) -> Dict[str, Any]:
         checkpoint_epoch(loop, epoch, test_stats)
         epoch_times.append(time.time() - te)
         log_epoch(loop, epoch, train_stats, test_stats, epoch_times)
+        if stop_early(loop, epoch):
+            break
     total = time.time() - t0
-    _logger.info(f'training time {misc.format_seconds(total)}; best acc@1 {state.max_accuracy:.2f}')
+    key = loop.evaluator.key if loop.evaluator is not None else 'acc@1'
+    _logger.info(f'training time {misc.format_seconds(total)}; best {key} {state.max_accuracy:.2f}')
     return {'test': test_stats, 'max_accuracy': state.max_accuracy, 'train_time': total}
 
 
@@ -526,7 +610,8 @@ def run(args) -> Dict[str, Any]:
         return evaluate_only(args, rt, net, model, loader_val)
     state, criterion, mixup_fn = build_training(args, rt, model, model_ema, len(loader_train), num_classes)
     resume(args, rt, state, len(loader_train))
-    loop = Loop(args, rt, net, state, criterion, mixup_fn, loader_train, loader_val, n_params)
+    loop = Loop(args, rt, net, state, criterion, mixup_fn, loader_train, loader_val, n_params,
+                evaluator=build_evaluator(args))
     try:
         open_outputs(loop)
         return train_loop(loop)

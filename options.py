@@ -82,6 +82,14 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument('--drop', type=float, default=0.0, help='dropout rate')
     g.add_argument('--drop-path', type=float, default=None, help=f'drop path rate {_BY_RECIPE}')
     g.add_argument('--var-loss', type=float, default=0.1, help='weight of the variational loss (top-down models)')
+    g.add_argument('--pretrained', action='store_true',
+                   help="start from timm's pretrained weights (multi-label heads: the backbone's ImageNet weights)")
+    g.add_argument('--loss', default=None, choices=['ce', 'multilabel_soft_margin', 'asl'],
+                   help='supervised loss: ce (class targets), multilabel_soft_margin (summed over the batch) or '
+                        f'asl (asymmetric loss) for multi-hot targets {_BY_RECIPE}')
+    g.add_argument('--asl-gamma-neg', type=float, default=4.0, help='--loss asl: focusing exponent of negatives')
+    g.add_argument('--asl-gamma-pos', type=float, default=0.0, help='--loss asl: focusing exponent of positives')
+    g.add_argument('--asl-clip', type=float, default=0.05, help='--loss asl: probability margin of negatives')
     g.add_argument('--find-unused-parameters', action='store_true', help='DDP option for models that need it')
 
 
@@ -106,6 +114,8 @@ def _add_ema_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument('--model-ema-decay', type=float, default=None, help=f'{_BY_RECIPE}')
     g.add_argument('--model-ema-force-cpu', action='store_true')
     g.add_argument('--model-ema-eval', action='store_true', help='also evaluate the EMA weights every epoch')
+    g.add_argument('--early-stop', type=int, default=None,
+                   help=f'stop after N evaluated epochs without a new best (0: never) {_BY_RECIPE}')
 
 
 def _add_optimizer_flags(p: argparse.ArgumentParser) -> None:
@@ -119,7 +129,7 @@ def _add_optimizer_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument('--weight-decay', type=float, default=None, help=f'{_BY_RECIPE}')
     g.add_argument('--lr', type=float, default=None,
                    help=f'learning rate for a global batch of --lr-base-size images; scaled linearly {_BY_RECIPE}')
-    g.add_argument('--lr-base-size', type=int, default=512, help='0: use --lr as is')
+    g.add_argument('--lr-base-size', type=int, default=None, help=f'0: use --lr as is {_BY_RECIPE}')
 
 
 def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
@@ -134,6 +144,8 @@ def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument('--warmup-epochs', type=float, default=None, help=f'{_BY_RECIPE}')
     g.add_argument('--decay-epochs', type=float, default=30)
     g.add_argument('--decay-rate', type=float, default=0.1)
+    g.add_argument('--onecycle-pct', type=float, default=0.2,
+                   help="--sched onecycle: share of the updates spent rising to --lr (PyTorch's OneCycleLR pct_start)")
 
 
 def _add_augmentation_flags(p: argparse.ArgumentParser) -> None:
@@ -149,6 +161,9 @@ def _add_augmentation_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument('--scale', type=float, nargs=2, default=None, help='RandomResizedCrop scale (default 0.08 1)')
     g.add_argument('--ratio', type=float, nargs=2, default=None)
     g.add_argument('--hflip', type=float, default=None)
+    g.add_argument('--cutout', type=float, default=None,
+                   help='multi-label sets: one cutout hole of this fraction of the side, random colour (0: none) '
+                        f'{_BY_RECIPE}')
     g.add_argument('--repeated-aug', dest='repeated_aug', action='store_true', default=None, help=f'{_BY_RECIPE}')
     g.add_argument('--no-repeated-aug', dest='repeated_aug', action='store_false')
     g.add_argument('--aug-repeats', type=int, default=3)
@@ -183,6 +198,8 @@ def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument('--dist-url', default='env://')
     g.add_argument('--dist-backend', default=None, help='default: nccl on CUDA, gloo on CPU')
     g.add_argument('--dist-timeout', type=float, default=30, help='minutes')
+    g.add_argument('--sync-bn', action='store_true',
+                   help='under DDP: synchronise BatchNorm statistics across processes')
     g.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)
 
 

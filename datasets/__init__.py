@@ -4,7 +4,9 @@
 
 * ``FMNIST``: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` files (``datasets/fmnist.py``);
 * ``IMNET``: ImageNet-1k as ``DATA_PATH/train/<wnid>/*.JPEG`` and ``DATA_PATH/val/<wnid>/*.JPEG``;
-* ``FOLDER``: any dataset in that train/val layout; the class count is the number of class folders.
+* ``FOLDER``: any dataset in that train/val layout; the class count is the number of class folders;
+* ``COCO2014``, ``VOC2007``, ``FMNIST_ML``: multi-label (multi-hot targets; ``datasets/multilabel.py``);
+  ``dataset_task(data_set)`` says which task a choice is (``classification`` or ``multilabel``).
 
 Public API (used by main.py and the robustness evaluation):
 ``build_dataset(is_train, args, corruption=None) -> (dataset, num_classes)``,
@@ -21,28 +23,41 @@ from torch.utils.data import Dataset, Subset
 from .errors import DatasetError, UnreadableImageError
 from .fmnist import DEFAULT_ROOT as FMNIST_ROOT, FashionMNIST
 from .folder import SafeImageFolder, count_classes, load_image
+from .multilabel import MULTILABEL_CLASSES, build_multilabel_dataset
 from .recipes import RECIPES, recipe
 from .transforms import ApplyCorruption, ConvertMode, build_eval_transform, build_train_transform, fit_channels, \
     input_hw
 
 __all__ = ['DATASETS', 'DatasetError', 'UnreadableImageError', 'FashionMNIST', 'SafeImageFolder', 'build_dataset',
            'build_eval_transform', 'build_train_transform', 'build_folder_dataset', 'dataset_num_classes',
-           'default_data_path', 'RECIPES', 'recipe', 'ApplyCorruption', 'ConvertMode', 'fit_channels', 'input_hw']
+           'default_data_path', 'dataset_task', 'RECIPES', 'recipe', 'ApplyCorruption', 'ConvertMode', 'fit_channels',
+           'input_hw']
 
-DATASETS = ('FMNIST', 'IMNET', 'FOLDER')
+DATASETS = ('FMNIST', 'IMNET', 'FOLDER', 'COCO2014', 'VOC2007', 'FMNIST_ML')
 IMAGENET_CLASSES = 1000
 
 
 def default_data_path(data_set: str) -> Optional[str]:
-    return FMNIST_ROOT if data_set == 'FMNIST' else None
+    return FMNIST_ROOT if data_set in ('FMNIST', 'FMNIST_ML') else None
+
+
+def dataset_task(data_set: str) -> str:
+    """``multilabel`` (multi-hot targets, mAP) or ``classification`` (class indices, top-1): what the criterion
+    and the evaluator are chosen by."""
+    return 'multilabel' if data_set in MULTILABEL_CLASSES else 'classification'
 
 
 def _data_path(args) -> str:
     path = getattr(args, 'data_path', None) or default_data_path(args.data_set)
     if not path:
-        raise DatasetError(f'--data-set {args.data_set} needs --data-path: the folder holding train/ and val/, '
-                           'each with one sub-folder per class (ImageNet: train/n01440764/*.JPEG, ...).')
+        layout = _LAYOUTS.get(args.data_set, 'the folder holding train/ and val/, each with one sub-folder per class '
+                                             '(ImageNet: train/n01440764/*.JPEG, ...)')
+        raise DatasetError(f'--data-set {args.data_set} needs --data-path: {layout}.')
     return path
+
+
+_LAYOUTS = {'COCO2014': 'the folder holding train2014/, val2014/ and annotations/instances_{train,val}2014.json',
+            'VOC2007': 'VOCdevkit/VOC2007 (Annotations/, JPEGImages/, ImageSets/Main/{trainval,test}.txt)'}
 
 
 def _split_root(args, is_train: bool) -> str:
@@ -59,6 +74,8 @@ def dataset_num_classes(args) -> int:
     _check_choice(args)
     if args.data_set == 'FMNIST':
         return 10
+    if args.data_set in MULTILABEL_CLASSES:
+        return MULTILABEL_CLASSES[args.data_set]
     if args.data_set == 'IMNET':
         return IMAGENET_CLASSES
     root = _split_root(args, True)
@@ -90,6 +107,9 @@ def build_dataset(is_train: bool, args, corruption: Optional[Callable[[np.ndarra
     if args.data_set == 'FMNIST':
         dataset = FashionMNIST(_data_path(args), train=is_train, transform=transform, limit=limit)
         return dataset, 10
+    if args.data_set in MULTILABEL_CLASSES:
+        dataset = build_multilabel_dataset(is_train, args, _data_path(args), limit)
+        return _limit(dataset, limit), MULTILABEL_CLASSES[args.data_set]
     root = _split_root(args, is_train)
     what = f'--data-set {args.data_set} {split} split'
     dataset = SafeImageFolder(root, transform=transform, what=what)

@@ -11,3 +11,4 @@ from .absvit import AbSViT
 from .dat import AbSDAT, DAT  # registers dat_* and absdat_* with timm
 from .fan import AbSFAN, FAN  # fan_* and absfan_*
 from .rvt import AbSRVT, RVT  # rvt_* and absrvt_*
+from . import ida  # ida_* (the IDA multi-label head on timm backbones)
