@@ -30,7 +30,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.requirements-installed"
 # imagecorruptions is data for us (its code needs the removed pkg_resources): find it, never import it
-HAVE='import importlib.util as u, torch, torchvision, timm, wand.image; assert u.find_spec("imagecorruptions")'
+HAVE='import importlib.util as u, torch, torchvision, timm, wand.image, mmseg; assert u.find_spec("imagecorruptions")'
 if ! "$VENV/bin/python" -c "$HAVE" 2>/dev/null \
    || [ requirements.txt -nt "$stamp" ] || [ "$LOCK" -nt "$stamp" ] \
    || [ requirements-nodeps.txt -nt "$stamp" ]; then

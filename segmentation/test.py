@@ -1,0 +1,48 @@
+"""Evaluate a segmentation checkpoint (mIoU from mmseg's IoUMetric).
+
+    python segmentation/test.py CONFIG CHECKPOINT [--work-dir D] [--slide] [--cfg-options k=v ...]
+    torchrun --nproc_per_node=8 segmentation/test.py CONFIG CHECKPOINT --launcher pytorch
+"""
+import os.path as osp
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if sys.path and osp.abspath(sys.path[0]) == osp.dirname(osp.abspath(__file__)):
+    sys.path[0] = ROOT  # run as a script: import the project (models, errors, segmentation) from its root
+elif ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from errors import UserError  # noqa: E402
+from segmentation.cli import common_parser, load_config, run_cli  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = common_parser('Test a segmentor (MMSegmentation)')
+    p.add_argument('checkpoint', help='segmentation checkpoint (a .pth that train.py wrote)')
+    p.add_argument('--slide', action='store_true', help='sliding-window inference with crop-size windows, '
+                                                       'stride 2/3 of the crop, instead of the whole image')
+    return p.parse_args(argv)
+
+
+def testing_config(args):
+    cfg = load_config(args)
+    if not osp.isfile(args.checkpoint):
+        raise UserError(f'checkpoint not found: {args.checkpoint}')
+    cfg.load_from = args.checkpoint
+    cfg.model.backbone.init_cfg = None  # the segmentation checkpoint holds the backbone too
+    if args.slide:
+        crop = tuple(cfg.crop_size)
+        cfg.model.test_cfg = dict(mode='slide', crop_size=crop, stride=tuple(c * 2 // 3 for c in crop))
+    return cfg
+
+
+def main(argv=None):
+    from mmengine.runner import Runner
+    from segmentation.layouts import check_config_data
+    cfg = testing_config(parse_args(argv))
+    check_config_data(cfg, splits=('test_dataloader',))
+    Runner.from_cfg(cfg).test()
+
+
+if __name__ == '__main__':
+    sys.exit(run_cli(main))

@@ -1,0 +1,57 @@
+"""Train a segmentation model with MMSegmentation / mmengine's Runner.
+
+    python segmentation/train.py CONFIG [--work-dir D] [--resume] [--amp] [--backbone-checkpoint CKPT]
+                                        [--cfg-options k=v ...]
+    torchrun --nproc_per_node=8 segmentation/train.py CONFIG --launcher pytorch ...
+
+``--backbone-checkpoint`` is the classification checkpoint to start from (this project's main.py
+output or a release file), the same as ``--cfg-options model.backbone.init_cfg.checkpoint=CKPT``.
+``--resume`` continues from the last checkpoint in the work dir (or ``--resume-from FILE``).
+"""
+import os.path as osp
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if sys.path and osp.abspath(sys.path[0]) == osp.dirname(osp.abspath(__file__)):
+    sys.path[0] = ROOT  # run as a script: import the project (models, errors, segmentation) from its root
+elif ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from segmentation.cli import common_parser, load_config, run_cli  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = common_parser('Train a segmentor (MMSegmentation)')
+    p.add_argument('--resume', action='store_true', help='resume from the latest checkpoint in the work dir')
+    p.add_argument('--resume-from', help='resume from this checkpoint file')
+    p.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    p.add_argument('--backbone-checkpoint', help='classification checkpoint to initialise the backbone with')
+    return p.parse_args(argv)
+
+
+def training_config(args):
+    """The config with train.py's own flags applied."""
+    cfg = load_config(args)
+    if args.backbone_checkpoint:
+        cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=args.backbone_checkpoint)
+    if args.resume or args.resume_from:
+        cfg.resume = True
+        cfg.load_from = args.resume_from  # None: mmengine finds the work dir's last checkpoint
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    return cfg
+
+
+def main(argv=None):
+    from mmengine.runner import Runner
+    from segmentation.layouts import check_config_data
+    cfg = training_config(parse_args(argv))
+    check_config_data(cfg)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner
+
+
+if __name__ == '__main__':
+    sys.exit(run_cli(main))
