@@ -24,12 +24,9 @@ from timm.models import build_model_with_cfg, checkpoint_seq, register_model, ge
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, _cfg
 
-from .topdown import PassOutput, TopDownMixin, fold_value_signal
+from .topdown import SIGNALS, PassOutput, TopDownMixin, checked_signal, fold_value_signal, masked_value
 
 __all__ = ['TopDownAttention', 'TopDownBlock', 'AbSViT']
-
-#: How an attention can take its block's top-down signal (``TopDownMode.signal``).
-SIGNALS = ('value', 'qkv', 'mask', 'none')
 
 
 class TopDownAttention(Attention):
@@ -47,9 +44,7 @@ class TopDownAttention(Attention):
     def __init__(self, *args, signal: Optional[str] = None, **kwargs):
         super().__init__(*args, **kwargs)
         signal = self.default_signal if signal is None else signal
-        if signal not in SIGNALS:
-            raise ValueError(f'signal must be one of {SIGNALS}, got {signal!r}')
-        self.signal = signal
+        self.signal = checked_signal(signal)
         self.record_weights = False
         self.attn_weights = None
 
@@ -69,7 +64,7 @@ class TopDownAttention(Attention):
         if td is None or self.signal == 'mask':
             q, k, v = self._heads(self.qkv(x), 3).unbind(0)
             if td is not None:
-                v = v * td.reshape(x.shape[0], 1, x.shape[1], 1).to(v.dtype)
+                v = masked_value(v, td)
         elif self.signal == 'value':
             q, k = self._heads(F.linear(x, w[:2 * d], None if b is None else b[:2 * d]), 2).unbind(0)
             xv, bv = fold_value_signal(x, td, None if b is None else b[2 * d:])
@@ -142,16 +137,6 @@ class AbSViT(TopDownMixin, VisionTransformer):
         self.init_top_down([self.embed_dim] * len(self.blocks), mode, alpha, device=kwargs.get('device'),
                            dtype=kwargs.get('dtype'))
 
-    def class_prototypes(self) -> Optional[torch.Tensor]:
-        """The linear head's weight rows (``None`` without a classifier); ``hasattr`` because TorchScript
-        resolves it when compiling, where it cannot test a submodule's class."""
-        if hasattr(self.head, 'weight'):
-            return self.head.weight
-        return None
-
-    def num_td_blocks(self) -> int:
-        return len(self.blocks)
-
     def forward_pass(self, x: torch.Tensor, td: Optional[List[torch.Tensor]] = None, collect: bool = False,
                      depth: Optional[int] = None) -> PassOutput:
         """One pass: tokens after the final norm. ``td``: one signal per block (the top-down pass);
@@ -183,35 +168,27 @@ class AbSViT(TopDownMixin, VisionTransformer):
                 outs.append(x)
         return PassOutput(self.norm(x), ins, outs)
 
-    @torch.jit.ignore
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
-                              output_fmt: str = 'NCHW', intermediates_only: bool = False, output_dict: bool = False,
-                              top_down: bool = True, prior: Optional[torch.Tensor] = None, classes=None,
-                              alpha: Optional[float] = None):
-        """timm's ``VisionTransformer.forward_intermediates`` (same arguments and returns) reporting the
-        top-down pass, or the bottom-up one with ``top_down=False``; steering inputs as in ``forward``.
-        Perceiver mode reports its only pass, with the reweighted tokens as final features. The final
-        features equal ``forward_features(x)`` (top-down) or ``bottom_up(x)``."""
+    def pass_intermediates(self, x: torch.Tensor, td: Optional[List[torch.Tensor]],
+                           indices: Optional[Union[int, List[int]]] = None, norm: bool = False,
+                           stop_early: bool = False, output_fmt: str = 'NCHW', return_prefix_tokens: bool = False,
+                           output_dict: bool = False):
+        """(final tokens, intermediates) of the pass with signals ``td`` (None: bottom-up), as timm's
+        ``VisionTransformer.forward_intermediates`` reports them: with ``output_dict`` the intermediates
+        are its dict (``TopDownMixin.forward_intermediates`` adds ``image_features``)."""
         if output_fmt not in ('NCHW', 'NLC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        signals, prior, alpha = self.signals_for(x, top_down, prior, classes, alpha)
-        tokens, _, outs = self.forward_pass(x, signals, collect=True, depth=max_index + 1 if stop_early else None)
+        tokens, _, outs = self.forward_pass(x, td, collect=True, depth=max_index + 1 if stop_early else None)
         inter, prefix = self._split_tokens([self.norm(outs[i]) if norm else outs[i] for i in take_indices],
                                            x.shape[-2:], output_fmt)
         if output_dict:
             result = {'image_intermediates': inter}
             if prefix is not None and return_prefix_tokens:
                 result['image_intermediates_prefix'] = prefix
-            if not intermediates_only:
-                result['image_features'] = self.finish_features(tokens, top_down, prior, alpha)
-            return result
+            return tokens, result
         if return_prefix_tokens and prefix is not None:
             inter = list(zip(inter, prefix))
-        if intermediates_only:
-            return inter
-        return self.finish_features(tokens, top_down, prior, alpha), inter
+        return tokens, inter
 
     def _split_tokens(self, tokens: List[torch.Tensor], img_hw, output_fmt: str):
         """Block outputs -> (patch features as NCHW maps or NLC tokens, prefix tokens or None)."""

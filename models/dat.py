@@ -42,6 +42,7 @@ from timm.layers import DropPath, LayerNorm2d, register_notrace_function, regist
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from .backbone import OnePassBackbone
 from .neighborhood_attention import neighborhood_attention
 from .topdown import PassOutput, TopDownMixin, fold_value_signal
 
@@ -397,7 +398,7 @@ def _stem(in_chans: int, dim_stem: int, patch_size: int, use_conv_patches: bool)
         nn.Conv2d(half, dim_stem, 3, patch_size // 2, 1), ChannelNorm(dim_stem))
 
 
-class DAT(nn.Module):
+class DAT(OnePassBackbone):
     """DAT++ image classifier. Arguments are the release's ``MODEL.DAT`` config keys; build from a
     release YAML with ``DAT(**dat_kwargs_from_release(cfg))``, which drops the keys that configure
     block types this port does not implement (``RELEASE_ONLY_KEYS``).
@@ -406,6 +407,7 @@ class DAT(nn.Module):
     that would need other block types raise. ``in_chans``, ``global_pool`` (``'avg'`` or ``''``),
     ``device`` and ``dtype`` are timm's.
     """
+    head_name = 'cls_head'
 
     def __init__(self, img_size=224, patch_size=4, num_classes=1000, expansion=4, dim_stem=64,
                  dims=(64, 128, 256, 512), depths=(2, 4, 18, 2), heads=(2, 4, 8, 16), drop_rate=0.0,
@@ -421,9 +423,7 @@ class DAT(nn.Module):
         stage_spec = _per_stage('stage_spec', stage_spec)
         _check_layout(dims, depths, heads, stage_spec, patch_size,
                       dict(dwc_pes=dwc_pes, fixed_pes=fixed_pes, no_offs=no_offs, log_cpb=log_cpb))
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"DAT pools by averaging; global_pool must be 'avg' or '', got {global_pool!r}")
-        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
+        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, self.check_global_pool(global_pool)
         self.num_features = self.head_hidden_size = dims[-1]
         self.depths, self.dims = depths, dims
         self.output_fmt = 'NHWC'  # forward_features' map, as timm reads it
@@ -459,26 +459,6 @@ class DAT(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
             stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.cls_head
-
-    def class_prototypes(self) -> Optional[torch.Tensor]:
-        """The linear classifier's weight rows (class-prototype priors of AbS-DAT)."""
-        return self.cls_head.weight if isinstance(self.cls_head, nn.Linear) else None
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """A new classifier on the device and dtype of the model; ``global_pool`` ``'avg'`` or ``''``."""
-        if global_pool is not None:
-            if global_pool not in ('avg', ''):
-                raise ValueError(f"DAT pools by averaging; global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        ref = next(self.parameters())
-        self.num_classes = num_classes
-        self.cls_head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) \
-            if num_classes > 0 else nn.Identity()
-        self.cls_head.train(self.training)
 
     @torch.jit.ignore
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
@@ -519,31 +499,18 @@ class DAT(nn.Module):
             x = self.cls_norm(x)
         return PassOutput(x.permute(0, 2, 3, 1), ins, outs)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Final map after ``cls_norm``, channel-last (B, H, W, C)."""
-        return self.forward_pass(x).tokens
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == 'avg':
             x = x.mean(dim=(1, 2))
         return x if pre_logits else self.cls_head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    @torch.jit.ignore
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
-                              intermediates_only: bool = False):
-        """timm's ``forward_intermediates``: the stage outputs (``indices``: last n if int, all if None)
-        as NCHW (or NHWC) maps, and the final map (``forward_features``). ``norm`` applies ``cls_norm``
-        to the last stage's map, the only one of its width."""
-        final, inter = self._stage_intermediates(x, None, indices, norm, stop_early, output_fmt)
-        return inter if intermediates_only else (final, inter)
-
-    def _stage_intermediates(self, x: torch.Tensor, td: Optional[Sequence[torch.Tensor]], indices, norm: bool,
-                             stop_early: bool, output_fmt: str):
-        """(final map, stage outputs) of the pass with signals ``td`` (None: bottom-up)."""
+    def pass_intermediates(self, x: torch.Tensor, td: Optional[Sequence[torch.Tensor]],
+                           indices: Optional[Union[int, List[int]]] = None, norm: bool = False,
+                           stop_early: bool = False, output_fmt: str = 'NCHW'):
+        """(final map, stage outputs) of the pass with signals ``td`` (None: bottom-up), what DAT's and
+        AbS-DAT's ``forward_intermediates`` report: the stage outputs as NCHW (or NHWC) maps and the
+        final map (``forward_pass``'s). ``norm`` applies ``cls_norm`` to the last stage's map, the only
+        one of its width."""
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
@@ -584,30 +551,12 @@ class AbSDAT(TopDownMixin, DAT):
         return nn.ModuleList([nn.ConvTranspose2d(self.dims[i + 1], self.dims[i], 3, 2, 1, output_padding=1,
                                                  bias=False, device=device, dtype=dtype) for i in range(3)])
 
-    def num_td_blocks(self) -> int:
-        return sum(self.depths)
-
     def feedback_bridge(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """From block ``i``'s input space to block ``i-1``'s output space (channel-last)."""
         s = self._stage_start.get(i)
         if s is None:
             return x
         return self.up_projs[s](x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-    def tokens_to_map(self, tokens: torch.Tensor, img_hw) -> torch.Tensor:
-        return tokens.permute(0, 3, 1, 2)
-
-    @torch.jit.ignore
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
-                              intermediates_only: bool = False, top_down: bool = True,
-                              prior: Optional[torch.Tensor] = None, classes=None, alpha: Optional[float] = None):
-        """``DAT.forward_intermediates`` of the top-down pass, or of the bottom-up one with
-        ``top_down=False``; steering inputs as in ``forward``. The final map equals
-        ``forward_features(x)`` (top-down) or ``bottom_up(x)``."""
-        signals, prior, alpha = self.signals_for(x, top_down, prior, classes, alpha)
-        final, inter = self._stage_intermediates(x, signals, indices, norm, stop_early, output_fmt)
-        return inter if intermediates_only else (self.finish_features(final, top_down, prior, alpha), inter)
 
 
 # ---------------------------------------------------------------------------------------------

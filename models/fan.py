@@ -32,17 +32,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, get_device_dtype, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.xcit import ClassAttentionBlock, ConvPatchEmbed, PositionalEncodingFourier
 
-from .topdown import TOP_DOWN_MODES, PassOutput, TopDownMixin, fold_value_signal
+from .backbone import OnePassBackbone
+from .topdown import PassOutput, TopDownMixin, checked_signal, fold_value_signal, masked_value
 
 __all__ = ['FAN', 'AbSFAN', 'TokenMixing', 'ChannelProcessing', 'FANBlock']
-
-#: How token mixing can take its block's top-down signal: the ``signal`` column of the mode table.
-SIGNALS = tuple(dict.fromkeys(m.signal for m in TOP_DOWN_MODES.values()))
 
 
 class TokenMixing(nn.Module):
@@ -60,8 +58,6 @@ class TokenMixing(nn.Module):
                  proj_drop: float = 0., signal: str = 'value', device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if signal not in SIGNALS:
-            raise ValueError(f'signal must be one of {SIGNALS}, got {signal!r}')
         if dim % num_heads:
             raise ValueError(f'width {dim} is not divisible by {num_heads} heads')
         self.num_heads, self.head_dim = num_heads, dim // num_heads
@@ -71,7 +67,7 @@ class TokenMixing(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.signal = signal
+        self.signal = checked_signal(signal)
         self.record_weights = False
         self.attn_weights = None
 
@@ -93,7 +89,7 @@ class TokenMixing(nn.Module):
         q = q.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = kv.reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if td is not None and self.signal == 'mask':
-            v = v * td.reshape(B, 1, N, 1).to(v.dtype)
+            v = masked_value(v, td)
         return q, k, v
 
     def forward(self, x: torch.Tensor, td: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -204,11 +200,12 @@ class FANBlock(nn.Module):
         return x + self.drop_path(self.gamma2 * self.mlp(self.norm2(x), H, W))
 
 
-class FAN(nn.Module):
+class FAN(OnePassBackbone):
     """FAN-ViT image classifier. Arguments are the release's ``FAN`` ones for FAN-ViT (``sr_ratio``
     and ``sharpen_attn`` are accepted for its configs; its blocks ignore them) plus timm's
     ``global_pool`` (``'token'``: the class token, as the release; ``'avg'``; ``''``) and
     ``td_signal``, how token mixing takes a top-down signal (set by the AbS variant from its mode)."""
+    global_pools = ('token', 'avg', '')
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  global_pool: str = 'token', embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
@@ -218,11 +215,9 @@ class FAN(nn.Module):
                  head_init_scale: float = 1.0, td_signal: str = 'value', device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if global_pool not in ('', 'avg', 'token'):
-            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
+        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, self.check_global_pool(global_pool)
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.grad_checkpointing = False
 
         self.patch_embed = ConvPatchEmbed(img_size, patch_size, in_chans, embed_dim, nn.GELU, **dd)
@@ -266,25 +261,13 @@ class FAN(nn.Module):
         return dict(stem=r'^cls_token|pos_embed|patch_embed', blocks=r'^blocks\.(\d+)',
                     cls_attn_blocks=[(r'^cls_attn_blocks\.(\d+)', None), (r'^norm', (99999,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ('', 'avg', 'token'):
-                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-            if global_pool == 'token' and not self.num_prefix_tokens:
-                raise ValueError("token pooling needs the class token, which pruning removed")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        dd = get_device_dtype(self)
-        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        self.head.train(self.training)
+    def check_global_pool(self, global_pool: str) -> str:
+        """``OnePassBackbone``'s check, and ``'token'`` only while the class token exists (pruning can
+        remove it)."""
+        super().check_global_pool(global_pool)
+        if global_pool == 'token' and not self.num_prefix_tokens:
+            raise ValueError("token pooling needs the class token, which pruning removed")
+        return global_pool
 
     # -- forward -----------------------------------------------------------------------------------
     def grid(self, img_hw: Tuple[int, int]) -> Tuple[int, int]:
@@ -332,10 +315,6 @@ class FAN(nn.Module):
                 x = blk(x)
         return self.norm(x)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """All tokens after the final norm, class token first: (B, 1 + N, C)."""
-        return self.forward_pass(x).tokens
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == 'avg':
             x = x[:, self.num_prefix_tokens:].mean(dim=1)
@@ -343,22 +322,14 @@ class FAN(nn.Module):
             x = x[:, 0]
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     # -- intermediates -----------------------------------------------------------------------------
-    @torch.jit.ignore
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
-                              intermediates_only: bool = False):
-        """timm's feature API: the blocks' patch tokens as maps (``NCHW``) or tokens (``NLC``), with the
-        final norm if ``norm``, and the final tokens (``forward_features``)."""
-        final, feats = self._intermediates(x, None, indices, norm, stop_early, output_fmt)
-        return feats if intermediates_only else (final, feats)
-
-    def _intermediates(self, x: torch.Tensor, td: Optional[List[torch.Tensor]], indices, norm: bool,
-                       stop_early: bool, output_fmt: str):
-        """(final tokens, block outputs at ``indices``) of the pass with signals ``td`` (None: bottom-up)."""
+    def pass_intermediates(self, x: torch.Tensor, td: Optional[List[torch.Tensor]],
+                           indices: Optional[Union[int, List[int]]] = None, norm: bool = False,
+                           stop_early: bool = False, output_fmt: str = 'NCHW'):
+        """(final tokens, block outputs at ``indices``) of the pass with signals ``td`` (None: bottom-up),
+        what FAN's and AbS-FAN's ``forward_intermediates`` report: the blocks' patch tokens as maps
+        (``NCHW``) or tokens (``NLC``), with the final norm if ``norm``, and the final tokens
+        (``forward_pass``'s)."""
         if output_fmt not in ('NCHW', 'NLC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take, max_index = feature_take_indices(len(self.blocks), indices)
@@ -400,31 +371,10 @@ class AbSFAN(TopDownMixin, FAN):
         self.init_top_down([self.embed_dim] * len(self.blocks), mode, alpha, device=kwargs.get('device'),
                            dtype=kwargs.get('dtype'))
 
-    def class_prototypes(self) -> Optional[torch.Tensor]:
-        """The linear head's weight rows (``None`` without a classifier)."""
-        if hasattr(self.head, 'weight'):
-            return self.head.weight
-        return None
-
-    def num_td_blocks(self) -> int:
-        return len(self.blocks)
-
     def tokens_to_map(self, tokens: torch.Tensor, img_hw) -> torch.Tensor:
         """(B, T, C) tokens to the (B, C, h, w) map of their last h * w (the patch tokens)."""
         h, w = self.grid((int(img_hw[0]), int(img_hw[1])))
         return tokens[:, tokens.shape[1] - h * w:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
-
-    @torch.jit.ignore
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
-                              intermediates_only: bool = False, top_down: bool = True,
-                              prior: Optional[torch.Tensor] = None, classes=None, alpha: Optional[float] = None):
-        """``FAN.forward_intermediates`` of the top-down pass, or of the bottom-up one with
-        ``top_down=False``; steering inputs as in ``forward``. The final tokens equal
-        ``forward_features(x)`` (top-down) or ``bottom_up(x)``."""
-        signals, prior, alpha = self.signals_for(x, top_down, prior, classes, alpha)
-        final, feats = self._intermediates(x, signals, indices, norm, stop_early, output_fmt)
-        return feats if intermediates_only else (self.finish_features(final, top_down, prior, alpha), feats)
 
 
 # ---------------------------------------------------------------------------------------------

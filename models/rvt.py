@@ -33,17 +33,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, get_device_dtype, register_notrace_function
+from timm.layers import DropPath, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .topdown import TOP_DOWN_MODES, PassOutput, TopDownMixin, fold_value_signal
+from .backbone import OnePassBackbone
+from .topdown import PassOutput, TopDownMixin, checked_signal, fold_value_signal, masked_value
 
 __all__ = ['RVT', 'AbSRVT', 'RVTAttention', 'RVTBlock']
 
 STEM_REDUCTION = 16
-#: How an attention can take its block's top-down signal: the ``signal`` column of the mode table.
-SIGNALS = tuple(dict.fromkeys(m.signal for m in TOP_DOWN_MODES.values()))
 
 
 class ConvStem(nn.Module):
@@ -114,8 +113,6 @@ class RVTAttention(nn.Module):
                  num_tokens: Optional[int] = None, signal: str = 'value', device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if signal not in SIGNALS:
-            raise ValueError(f'signal must be one of {SIGNALS}, got {signal!r}')
         if dim % num_heads:
             raise ValueError(f'width {dim} is not divisible by {num_heads} heads')
         self.num_heads, self.head_dim = num_heads, dim // num_heads
@@ -128,7 +125,7 @@ class RVTAttention(nn.Module):
             self.att_mask = nn.Parameter(torch.zeros(num_heads, num_tokens, num_tokens, **dd))
         else:
             self.register_parameter('att_mask', None)
-        self.signal = signal
+        self.signal = checked_signal(signal)
         self.record_weights = False
         self.attn_weights = None
 
@@ -147,7 +144,7 @@ class RVTAttention(nn.Module):
             raise ValueError('an attention with signal ' + self.signal + ' takes no top-down signal')
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if td is not None and self.signal == 'mask':
-            v = v * td.reshape(B, 1, N, 1).to(v.dtype)
+            v = masked_value(v, td)
         return q, k, v
 
     def forward(self, x: torch.Tensor, td: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -228,7 +225,7 @@ def fit_signal(td: torch.Tensor, H: int, W: int) -> torch.Tensor:
     return F.interpolate(td.permute(0, 3, 1, 2), size=(H, W), mode='nearest').permute(0, 2, 3, 1)
 
 
-class RVT(nn.Module):
+class RVT(OnePassBackbone):
     """Plain RVT. Arguments are the release's ``PoolingTransformer`` ones (``image_size`` is accepted
     as the release spells it; ``patch_size``/``stride`` must be 16, the stem's fixed reduction), plus
     timm's ``global_pool`` (``'avg'``, or ``''`` for the map with norm and head per position) and
@@ -246,15 +243,13 @@ class RVT(nn.Module):
         if patch_size != STEM_REDUCTION or stride != STEM_REDUCTION:
             raise ValueError(f"RVT's conv stem reduces by 16; patch_size and stride must be 16, "
                              f'got {patch_size}, {stride}')
-        if global_pool not in ('', 'avg'):
-            raise ValueError(f"RVT pools by averaging; global_pool must be 'avg' or '', got {global_pool!r}")
         if use_mask and masked_block is None:
             raise ValueError('use_mask (RVT* position-aware attention scaling) needs masked_block')
         n = len(depth)
         base_dims, heads = _per_stage('base_dims', base_dims, n), _per_stage('heads', heads, n)
         self.dims = [b * h for b, h in zip(base_dims, heads)]
         self.depths = list(depth)
-        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
+        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, self.check_global_pool(global_pool)
         self.num_features = self.head_hidden_size = self.embed_dim = self.dims[-1]
         self.grad_checkpointing = False
 
@@ -284,24 +279,6 @@ class RVT(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r'^patch_embed', blocks=[(r'^transformers\.(\d+)\.blocks\.(\d+)', None),
                                                   (r'^pools\.(\d+)', (99999,)), (r'^norm', (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ('', 'avg'):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        dd = get_device_dtype(self)
-        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        self.head.train(self.training)
 
     # -- forward -----------------------------------------------------------------------------------
     def _pool(self, index: int, x: torch.Tensor) -> torch.Tensor:
@@ -344,10 +321,6 @@ class RVT(nn.Module):
             x = t.transpose(1, 2).reshape(B, C, H, W)
         return PassOutput(x.permute(0, 2, 3, 1), ins, outs)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last block's map, channel-last: (B, H/16, W/16, C), or /32 for two stages."""
-        return self.forward_pass(x).tokens
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Average pooling, LayerNorm, linear (per position with ``global_pool=''``)."""
         if self.global_pool == 'avg':
@@ -355,23 +328,15 @@ class RVT(nn.Module):
         x = self.norm(x)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     # -- intermediates -----------------------------------------------------------------------------
-    @torch.jit.ignore
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
-                              intermediates_only: bool = False):
-        """timm's feature API over the blocks (all stages, in order): block outputs as ``NCHW`` or
-        ``NHWC`` maps or ``NLC`` tokens, and the final map (``forward_features``). ``norm`` is accepted
-        and has no effect: RVT's final norm acts on the pooled vector only (as timm's PiT)."""
-        final, feats = self._intermediates(x, None, indices, stop_early, output_fmt)
-        return feats if intermediates_only else (final, feats)
-
-    def _intermediates(self, x: torch.Tensor, td: Optional[List[torch.Tensor]], indices, stop_early: bool,
-                       output_fmt: str):
-        """(final map, block outputs at ``indices``) of the pass with signals ``td`` (None: bottom-up)."""
+    def pass_intermediates(self, x: torch.Tensor, td: Optional[List[torch.Tensor]],
+                           indices: Optional[Union[int, List[int]]] = None, norm: bool = False,
+                           stop_early: bool = False, output_fmt: str = 'NCHW'):
+        """(final map, block outputs at ``indices``) of the pass with signals ``td`` (None: bottom-up), what
+        RVT's and AbS-RVT's ``forward_intermediates`` report: the blocks (all stages, in order) as
+        ``NCHW`` or ``NHWC`` maps or ``NLC`` tokens, and the last block's map (``forward_pass``'s).
+        ``norm`` is accepted and has no effect: RVT's final norm acts on the pooled vector only (as
+        timm's PiT)."""
         if output_fmt not in ('NCHW', 'NHWC', 'NLC'):
             raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
         take, max_index = feature_take_indices(sum(self.depths), indices)
@@ -436,36 +401,12 @@ class AbSRVT(TopDownMixin, RVT):
                                                  groups=self.dims[s], bias=False, device=device, dtype=dtype)
                               for s in range(len(self.dims) - 1)])
 
-    def class_prototypes(self) -> Optional[torch.Tensor]:
-        """The linear head's weight rows (``None`` without a classifier)."""
-        if hasattr(self.head, 'weight'):
-            return self.head.weight
-        return None
-
-    def num_td_blocks(self) -> int:
-        return sum(self.depths)
-
     def feedback_bridge(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """From block ``i``'s input space to block ``i-1``'s output space (channel-last maps)."""
         for s, up in enumerate(self.up_projs):
             if i == self.bridge_blocks[s]:
                 x = up(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return x
-
-    def tokens_to_map(self, tokens: torch.Tensor, img_hw) -> torch.Tensor:
-        return tokens.permute(0, 3, 1, 2)
-
-    @torch.jit.ignore
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
-                              intermediates_only: bool = False, top_down: bool = True,
-                              prior: Optional[torch.Tensor] = None, classes=None, alpha: Optional[float] = None):
-        """``RVT.forward_intermediates`` of the top-down pass, or of the bottom-up one with
-        ``top_down=False``; steering inputs as in ``forward``. The final map equals
-        ``forward_features(x)`` (top-down) or ``bottom_up(x)``."""
-        signals, prior, alpha = self.signals_for(x, top_down, prior, classes, alpha)
-        final, feats = self._intermediates(x, signals, indices, stop_early, output_fmt)
-        return feats if intermediates_only else (self.finish_features(final, top_down, prior, alpha), feats)
 
 
 # ---------------------------------------------------------------------------------------------

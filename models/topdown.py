@@ -17,10 +17,11 @@ The comparison models of the paper (Tables 3, 5, 6) are modes of the same orches
 mode has is data, ``TOP_DOWN_MODES`` (``TD_MODES`` are their names).
 
 ``TopDownMixin`` orchestrates the passes for any backbone that provides (see its docstring)
-``forward_pass(x, td=None, collect=False, depth=None)`` and ``forward_head(tokens)``. Its named steps,
-``steering`` (prior and alpha) -> ``bottom_up`` (pass 1) -> ``top_down_signals`` (prior reweighting
-and feedback) -> ``top_down`` (pass 2), make ``forward_top_down`` (training), ``forward_features``,
-``forward_intermediates`` (via ``signals_for``), ``inspect`` and the benchmark's profile.
+``forward_pass(x, td=None, collect=False, depth=None)``, ``pass_intermediates(x, td, ...)`` and
+``forward_head(tokens)``. Its named steps, ``steering`` (prior and alpha) -> ``bottom_up`` (pass 1) ->
+``top_down_signals`` (prior reweighting and feedback) -> ``top_down`` (pass 2), make ``forward_top_down``
+(training), ``forward_features``, ``forward_intermediates`` (``signals_for`` -> the backbone's
+``pass_intermediates`` -> ``finish_features``), ``inspect`` and the benchmark's profile.
 """
 import warnings
 from contextlib import contextmanager
@@ -34,8 +35,9 @@ from timm.layers import register_notrace_function, trunc_normal_
 from timm.models._features import feature_take_indices
 
 __all__ = [
-    'TD_MODES', 'TOP_DOWN_MODES', 'TopDownMode', 'top_down_mode', 'TopDownOutput', 'PassOutput', 'TokenDecoder',
-    'prior_mask', 'reweight', 'fold_value_signal', 'steering_prior', 'variational_loss', 'TopDownMixin',
+    'TD_MODES', 'TOP_DOWN_MODES', 'SIGNALS', 'TopDownMode', 'top_down_mode', 'checked_signal', 'masked_value',
+    'TopDownOutput', 'PassOutput', 'TokenDecoder', 'prior_mask', 'reweight', 'fold_value_signal', 'steering_prior',
+    'variational_loss', 'TopDownMixin',
 ]
 
 
@@ -62,6 +64,22 @@ TOP_DOWN_MODES: Dict[str, TopDownMode] = {m.name: m for m in (
     TopDownMode('perceiver', prior=True, decoders=False, second_pass=False, signal='none'),
 )}
 TD_MODES = tuple(TOP_DOWN_MODES)
+
+#: How an attention can take its block's top-down signal: the ``signal`` column of the mode table.
+SIGNALS = tuple(dict.fromkeys(m.signal for m in TOP_DOWN_MODES.values()))
+
+
+def checked_signal(signal: str) -> str:
+    """``signal`` if an attention can take it (one of ``SIGNALS``): every backbone's attention checks
+    its constructor argument with this, so that a typo fails at construction."""
+    if signal not in SIGNALS:
+        raise ValueError(f'signal must be one of {SIGNALS}, got {signal!r}')
+    return signal
+
+
+def masked_value(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``maskatt``: the prior's (B, N, 1) token mask multiplies every head's value (B, heads, N, d)."""
+    return v * mask.reshape(v.shape[0], 1, v.shape[2], 1).to(v.dtype)
 
 
 def top_down_mode(td_mode: str, supported: Sequence[str] = TD_MODES, owner: str = 'this model') -> TopDownMode:
@@ -246,8 +264,13 @@ class TopDownMixin:
       final norm, channel-last. With ``td`` (one signal per block: a tensor to add, or a mask for
       ``maskatt``) it is the top-down pass; ``collect`` also returns every block's input and output;
       ``depth`` stops after that many blocks (``forward_intermediates(stop_early=True)``);
-    * ``forward_head(tokens, pre_logits=False)``; ``class_prototypes()``: the linear classifier's weight
-      (``None`` without one); ``num_td_blocks()``; ``tokens_to_map(tokens, img_hw)`` (for ``inspect``);
+    * ``pass_intermediates(x, td, indices, norm, stop_early, output_fmt, **extra) -> (final, intermediates)``:
+      timm's ``forward_intermediates`` of the one pass with signals ``td`` (``None``: bottom-up), which
+      the plain backbone's own ``forward_intermediates`` also calls; ``extra`` are the backbone's own
+      options (a ViT's ``return_prefix_tokens``, ``output_dict``: ``intermediates`` is then timm's dict);
+    * ``forward_head(tokens, pre_logits=False)``;
+    * where its defaults here do not fit: ``class_prototypes()`` (the ``nn.Linear`` classifier's weight
+      rows) and ``tokens_to_map(tokens, img_hw)`` (channel-last maps), used by steering and ``inspect``;
     * optionally ``feedback_bridge(i, x)`` when decoders change resolution or width (see ``feedback``),
       and the class attribute ``TD_MODES`` when it supports only some modes.
 
@@ -275,6 +298,7 @@ class TopDownMixin:
         ``decoder_dims`` has one entry per block: ``dim`` or ``(dim_out, dim_in)`` of that block.
         """
         self.td_mode, self.td_spec, self.alpha = mode.name, mode, float(alpha)
+        self.td_blocks = len(decoder_dims)  # one signal per block, also in modes without decoders
         dd = dict(device=device, dtype=dtype)
         top_dim = decoder_dims[-1] if isinstance(decoder_dims[-1], int) else decoder_dims[-1][0]
         prior_dim = top_dim if prior_dim is None else prior_dim
@@ -291,6 +315,29 @@ class TopDownMixin:
     def no_weight_decay(self) -> set:
         """The backbone's exemptions plus the prompt (a direction, like the class token)."""
         return set(super().no_weight_decay()) | ({'prompt'} if self.prompt is not None else set())
+
+    def num_td_blocks(self) -> int:
+        """How many blocks take a top-down signal (every block of the backbone)."""
+        return self.td_blocks
+
+    def class_prototypes(self) -> Optional[torch.Tensor]:
+        """The classifier's weight rows, the priors of ``classes`` (``None`` unless it is an ``nn.Linear``).
+
+        TorchScript cannot call timm's ``get_classifier`` (it is ignored there) nor test a submodule's
+        class, but it resolves ``hasattr`` when compiling: a scripted model reads timm's ``head``."""
+        if torch.jit.is_scripting():
+            if hasattr(self, 'head'):
+                if hasattr(self.head, 'weight'):
+                    return self.head.weight
+            return None
+        else:
+            head = self.get_classifier()
+            return head.weight if isinstance(head, nn.Linear) else None
+
+    def tokens_to_map(self, tokens: torch.Tensor, img_hw) -> torch.Tensor:
+        """Pass tokens to (B, C, h, w) maps for ``inspect``. This default is for backbones whose tokens
+        are channel-last maps (B, h, w, C); token-sequence backbones override it."""
+        return tokens.permute(0, 3, 1, 2)
 
     def feedback_bridge(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """From block ``i``'s input space to block ``i-1``'s output space (identity unless a backbone's
@@ -424,6 +471,25 @@ class TopDownMixin:
             elif return_aux:
                 return self.forward_top_down(x, prior, classes, alpha)
         return self.forward_head(self.forward_features(x, prior, classes, alpha))
+
+    @torch.jit.ignore
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None, *,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
+                              intermediates_only: bool = False, top_down: bool = True,
+                              prior: Optional[torch.Tensor] = None, classes=None, alpha: Optional[float] = None,
+                              **extra):
+        """The backbone's timm ``forward_intermediates`` (same returns; options after ``indices`` by
+        keyword, as the backbones order theirs differently) reporting the top-down pass, or the
+        bottom-up one with ``top_down=False``; steering inputs as in ``forward``; ``extra``: the
+        backbone's own options (see ``pass_intermediates``). Perceiver mode reports its only pass,
+        with the reweighted tokens as final features, so the final features always equal
+        ``forward_features(x)`` (top-down) or ``bottom_up(x)``."""
+        signals, prior, alpha = self.signals_for(x, top_down, prior, classes, alpha)
+        final, inter = self.pass_intermediates(x, signals, indices, norm, stop_early, output_fmt, **extra)
+        if intermediates_only:
+            return inter
+        final = self.finish_features(final, top_down, prior, alpha)
+        return {**inter, 'image_features': final} if isinstance(inter, dict) else (final, inter)
 
     @torch.jit.ignore
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,

@@ -17,6 +17,17 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
 import models  # noqa: E402,F401  (registers the zoo with timm)
 
 
+@pytest.fixture(scope='module')
+def one_thread():
+    """For modules of micro-model tests (``pytestmark = pytest.mark.usefixtures('one_thread')``): on
+    tiny tensors one thread is fastest, and it spares a shared CI box OpenMP oversubscription (10x
+    slower under load). Restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

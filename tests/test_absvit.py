@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import golden
+from model_helpers import rel_err
 from models import AbSViT, TD_MODES
 
 MICRO = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4, qkv_bias=True,
@@ -16,10 +17,6 @@ MICRO = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, mlp_
 
 def micro(global_pool='token', **kw):
     return AbSViT(**MICRO, global_pool=global_pool, **kw)
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import golden
+from model_helpers import amplify_feedback, rel_err
 from models import neighborhood_attention as na
 from models.dat import DAT, AbSDAT, DeformableAttention, NeighborhoodAttention2D, dat_kwargs_from_release
 
@@ -25,19 +26,7 @@ MICRO_KW = dat_kwargs_from_release(MICRO)  # the constructor's keys (the release
 DAT_T_PP_PARAMS = 23_962_876  # the release's DAT-T++, measured
 VARIANTS = ['dat_tiny', 'dat_small', 'dat_base', 'dat_base_384', 'absdat_tiny', 'absdat_small', 'absdat_base']
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """These tensors are tiny: one thread is fastest, and spares a shared CI box OpenMP oversubscription
-    (10x slower under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def spread(model, std=0.5):
@@ -458,12 +447,8 @@ def test_no_weight_decay_names_the_release_exemptions():
 
 def _abs_micro(td_mode='abs', seed=0, decoder_scale=8.0):
     torch.manual_seed(seed)
-    model = spread(AbSDAT(**MICRO_KW, td_mode=td_mode))
-    with torch.no_grad():  # make the top-down path visible at init (as the AbSViT golden file does)
-        for n, p in model.named_parameters():
-            if n.startswith(('decoders', 'up_projs')):
-                p.mul_(decoder_scale)
-    return model
+    # make the top-down path visible at init (as the AbSViT golden file does)
+    return amplify_feedback(spread(AbSDAT(**MICRO_KW, td_mode=td_mode)), decoder_scale)
 
 
 def test_absdat_takes_release_weights_and_its_pass_1_is_the_release():

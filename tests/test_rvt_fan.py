@@ -10,10 +10,12 @@ import models
 import models.fan  # noqa: F401  (registers fan_* and absfan_* with timm)
 import models.rvt  # noqa: F401  (registers rvt_* and absrvt_* with timm)
 from conftest import golden
+from model_helpers import amplify_feedback, close, rel_err
 from models.fan import FAN, AbSFAN
 from models.rvt import RVT, AbSRVT
 
-pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+pytestmark = [pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning'),
+              pytest.mark.usefixtures('one_thread')]
 
 RVT_NAMES = ['rvt_tiny', 'rvt_small', 'rvt_base']
 FAN_NAMES = ['fan_tiny_12_p16_224', 'fan_small_12_p16_224', 'fan_base_18_p16_224']
@@ -21,19 +23,6 @@ FAN_NAMES = ['fan_tiny_12_p16_224', 'fan_small_12_p16_224', 'fan_base_18_p16_224
 RELEASE_PARAMS = {'rvt_tiny': 8_646_376, 'rvt_small': 22_148_392, 'rvt_base': 86_223_784,
                   'fan_tiny_12_p16_224': 7_319_920, 'fan_small_12_p16_224': 28_345_336,
                   'fan_base_18_p16_224': 54_350_320}
-
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Small tensors: one thread is fastest and spares a shared CI box oversubscription (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
 def n_params(model):
@@ -320,12 +309,7 @@ def abs_micro(kind, td_mode='abs', seed=0, scale=8.0):
     """A micro AbS model whose feedback is large enough to change the result visibly."""
     torch.manual_seed(seed)
     cls, _, cfg = ABS[kind]
-    model = cls(**cfg, td_mode=td_mode)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.startswith(('decoders', 'up_projs')):
-                p.mul_(scale)
-    return model
+    return amplify_feedback(cls(**cfg, td_mode=td_mode), scale)
 
 
 def reference_attention(attn, x, td, signal):
@@ -549,10 +533,6 @@ def test_steering_and_inspect(kind):
 # timm conventions of the AbS variants: the mode table, the top-down pass as the features
 
 SECOND_PASS = [m for m in models.TD_MODES if models.TOP_DOWN_MODES[m].second_pass]
-
-
-def close(a, b, tol=1e-5):
-    return torch.allclose(a, b, atol=tol, rtol=tol)
 
 
 def attentions(model):

@@ -17,8 +17,10 @@ from benchmarks.naive_absvit import naive_like
 from models import TD_MODES, TOP_DOWN_MODES, AbSViT
 from models.dat import DAT, AbSDAT, RELEASE_ONLY_KEYS, dat_kwargs_from_release
 from models.topdown import fold_value_signal
+from model_helpers import amplify_feedback, close
 
-pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+pytestmark = [pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning'),
+              pytest.mark.usefixtures('one_thread')]
 
 SECOND_PASS_MODES = [m for m in TD_MODES if TOP_DOWN_MODES[m].second_pass]
 DAT_MICRO = dict(img_size=64, num_classes=10, dim_stem=16, dims=[16, 32, 64, 128], depths=[2, 2, 2, 2],
@@ -26,22 +28,9 @@ DAT_MICRO = dict(img_size=64, num_classes=10, dim_stem=16, dims=[16, 32, 64, 128
                  drop_path_rate=0.)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Micro models: one thread is fastest and spares a shared CI box oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def visible(model, scale=8.0):
     """Scale the feedback path so that the top-down pass differs visibly from the bottom-up one."""
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.startswith(('decoders', 'up_projs')):
-                p.mul_(scale)
-    return model.eval()
+    return amplify_feedback(model, scale).eval()
 
 
 def absvit(td_mode='abs', global_pool='token', **kw):
@@ -53,10 +42,6 @@ def absvit(td_mode='abs', global_pool='token', **kw):
 def absdat(td_mode='abs'):
     torch.manual_seed(0)
     return visible(AbSDAT(**DAT_MICRO, td_mode=td_mode))
-
-
-def close(a, b, tol=1e-5):
-    return torch.allclose(a, b, atol=tol, rtol=tol)
 
 
 # ------------------------------------------------------------------------------------------------

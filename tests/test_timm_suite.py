@@ -8,15 +8,17 @@ way timm classifies its own:
 
 * the project's model modules join ``FEAT_INTER_FILTERS`` (models with ``forward_intermediates`` and
   ``features_only`` through ``FeatureGetterNet``);
-* ``absvit_*`` joins ``NON_STD_FILTERS`` next to timm's ``vit_*``: a ViT's features are tokens
-  ``(B, N, C)``, not a map, so timm checks them with ``test_model_default_cfgs_non_std`` and skips the
-  feature-map tests (``test_model_forward_features``) for them, as for its own ViTs.
+* ``absvit_*``, ``fan_*`` and ``absfan_*`` join ``NON_STD_FILTERS`` next to timm's ``vit_*``: their
+  features are tokens ``(B, N, C)``, not a map, so timm checks them with
+  ``test_model_default_cfgs_non_std`` and skips the feature-map tests (``test_model_forward_features``)
+  for them, as for its own ViTs. DAT and RVT give channel-last maps (``output_fmt = 'NHWC'``): std.
 
 ``EXCLUDE`` lists the (test, model) pairs that do not run, each with its reason; the test asserts that
-every other pair ran and passed (``expected_tests``: 9 timm tests per ViT, 8 per DAT).
+every other pair ran and passed (``expected_tests``: 9 timm tests per ViT or FAN, 10 per RVT, 8 per DAT,
+which does not script).
 
-The default run takes the micro models (``QUICK_MODELS``: about 70 s on a quiet 2-core machine);
-``PROJECT_TIMM_SUITE_ALL=1`` runs every registered model (about 9 minutes). For a per-model table:
+The default run takes the micro models (``QUICK_MODELS``: about 100 s on a quiet 2-core machine);
+``PROJECT_TIMM_SUITE_ALL=1`` runs every registered model (about 25 minutes). For a per-model table:
 ``python tests/test_timm_suite.py [--all] [--models NAME ...]``.
 """
 import argparse
@@ -57,7 +59,8 @@ EXCLUDE = {
 #: The default run (CI): every code path at micro size, with the test-only variants of
 #: tests/timm_suite/micro_variants.py. PROJECT_TIMM_SUITE_ALL=1 runs every registered model.
 QUICK_MODELS = ['absvit_micro_patch4_28_gap', 'absvit_micro_patch4_28_token', 'vit_micro_patch4_28_gap', 'dat_micro',
-                'absdat_micro', 'absdat_micro_feedback'] + [
+                'absdat_micro', 'absdat_micro_feedback', 'rvt_micro', 'absrvt_micro', 'absrvt_micro_maskatt',
+                'fan_micro', 'absfan_micro', 'absfan_micro_qkv'] + [
     f'absvit_micro_patch4_28_gap_{m}' for m in ('qkv', 'feedback', 'maskatt', 'perceiver')]
 
 

@@ -4,7 +4,11 @@ run covers every code path at micro cost:
 * ``absvit_micro_patch4_28_gap_<mode>``: the micro AbSViT in every other ``td_mode``, and
   ``absvit_micro_patch4_28_token`` with class-token pooling (prefix tokens, final norm);
 * ``dat_micro``, ``absdat_micro``, ``absdat_micro_feedback``: a 2-2-2-2 block DAT++ 16-32-64-128 wide
-  at 128 px (every block type in every stage, the layout of ``tests/test_dat.py``'s golden micro).
+  at 128 px (every block type in every stage, the layout of ``tests/test_dat.py``'s golden micro);
+* ``rvt_micro``, ``absrvt_micro``, ``absrvt_micro_maskatt``: a two-stage RVT (2 blocks at 32, 1 at 64
+  wide, 64 px), so the pooling, the feedback bridge and maskatt's repeated mask all run;
+* ``fan_micro``, ``absfan_micro``, ``absfan_micro_qkv``: a 3-block, 32-wide FAN-ViT at 64 px with
+  its two class-attention blocks.
 
 Imported by the suite's plugin in its subprocess only; the project's zoo (``models``) does not
 register these names. Each calls the registered entrypoint of its full-size model with its own
@@ -20,6 +24,11 @@ DAT_MICRO = dict(img_size=128, dim_stem=16, dims=[16, 32, 64, 128], depths=[2, 2
 DAT_MICRO_CFG = dict(timm.models.get_pretrained_cfg('dat_tiny').to_dict(), input_size=(3, 128, 128),
                      pool_size=(4, 4))
 
+RVT_MICRO = dict(img_size=64, base_dims=[16, 16], depth=[2, 1], heads=[2, 4])
+RVT_MICRO_CFG = dict(timm.models.get_pretrained_cfg('rvt_tiny').to_dict(), input_size=(3, 64, 64), pool_size=(2, 2))
+FAN_MICRO = dict(img_size=64, embed_dim=32, depth=3, num_heads=2)
+FAN_MICRO_CFG = dict(timm.models.get_pretrained_cfg('fan_tiny_12_p16_224').to_dict(), input_size=(3, 64, 64))
+
 #: name -> (registered model it shrinks or re-moded, its arguments, its pretrained config)
 VARIANTS = {
     **{f'absvit_micro_patch4_28_gap_{mode}': ('absvit_micro_patch4_28_gap', dict(td_mode=mode), None)
@@ -28,6 +37,12 @@ VARIANTS = {
     'dat_micro': ('dat_tiny', DAT_MICRO, DAT_MICRO_CFG),
     'absdat_micro': ('absdat_tiny', DAT_MICRO, DAT_MICRO_CFG),
     'absdat_micro_feedback': ('absdat_tiny', dict(DAT_MICRO, td_mode='feedback'), DAT_MICRO_CFG),
+    'rvt_micro': ('rvt_tiny', RVT_MICRO, RVT_MICRO_CFG),
+    'absrvt_micro': ('absrvt_tiny', RVT_MICRO, RVT_MICRO_CFG),
+    'absrvt_micro_maskatt': ('absrvt_tiny', dict(RVT_MICRO, td_mode='maskatt'), RVT_MICRO_CFG),
+    'fan_micro': ('fan_tiny_12_p16_224', FAN_MICRO, FAN_MICRO_CFG),
+    'absfan_micro': ('absfan_tiny_12_p16_224', FAN_MICRO, FAN_MICRO_CFG),
+    'absfan_micro_qkv': ('absfan_tiny_12_p16_224', dict(FAN_MICRO, td_mode='qkv'), FAN_MICRO_CFG),
 }
 
 __all__ = []
