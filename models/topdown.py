@@ -483,12 +483,15 @@ class TopDownMixin:
         bottom-up one with ``top_down=False``; steering inputs as in ``forward``; ``extra``: the
         backbone's own options (see ``pass_intermediates``). Perceiver mode reports its only pass,
         with the reweighted tokens as final features, so the final features always equal
-        ``forward_features(x)`` (top-down) or ``bottom_up(x)``."""
+        ``forward_features(x)`` (top-down) or ``bottom_up(x)``; with ``stop_early`` the pass ends below
+        the top, where the prior never acts, so perceiver's final features are that point's tokens
+        (a multi-stage backbone's are narrower than the prior)."""
         signals, prior, alpha = self.signals_for(x, top_down, prior, classes, alpha)
         final, inter = self.pass_intermediates(x, signals, indices, norm, stop_early, output_fmt, **extra)
         if intermediates_only:
             return inter
-        final = self.finish_features(final, top_down, prior, alpha)
+        if not stop_early:
+            final = self.finish_features(final, top_down, prior, alpha)
         return {**inter, 'image_features': final} if isinstance(inter, dict) else (final, inter)
 
     @torch.jit.ignore

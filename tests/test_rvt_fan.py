@@ -606,3 +606,18 @@ def test_features_only_and_pruning_keep_the_taps(name, kwargs):
     assert all(close(a, b) for a, b in zip(got, taps))
     if name.startswith('abs'):  # pass 1 and the feedback need every block: only the classifier goes
         assert n_params(feats.model) == n_params(full) - n_params(full.get_classifier())
+
+
+@pytest.mark.parametrize('td_mode', ['perceiver', 'abs'])
+def test_stop_early_below_a_stage_boundary_gives_that_stage(td_mode):
+    """Two-stage AbS-RVT stopped in stage 0: the final features are stage 0's tokens (the prior, as wide as
+    the last stage, never acts there), and the taps equal the full pass's."""
+    torch.manual_seed(0)
+    model = timm.create_model('absrvt_tiny', td_mode=td_mode, **RVT_MICRO).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        final, early = model.forward_intermediates(x, indices=[0], stop_early=True, output_fmt='NHWC')
+        full_final, taps = model.forward_intermediates(x, indices=[0], output_fmt='NHWC')
+    assert close(early[0], taps[0]) and close(final, early[0])
+    assert final.shape[-1] < full_final.shape[-1] == model.num_features
+    assert close(full_final, model.forward_features(x))
