@@ -24,8 +24,8 @@ IMAGENET_RECIPE: Dict[str, Any] = dict(
     num_workers=10, loss='ce', lr_base_size=512, cutout=0.0, early_stop=0,
 )
 #: The default job: a 4-block, 64-wide AbSViT on Fashion-MNIST, on a 2-core CPU in under 10 minutes. Tuned for
-#: that budget (3 epochs, about 7.5 min): no augmentation (the model underfits), label smoothing 0.1, a short
-#: warm-up. 4 epochs reach 87% but take 10 minutes.
+#: that budget (3 epochs: 7-9.5 min, depending on the torch build): no augmentation (the model underfits),
+#: label smoothing 0.1, a short warm-up. 4 epochs reach 87% but take 10 minutes or more.
 FMNIST_RECIPE: Dict[str, Any] = dict(
     model='absvit_micro_patch4_28_gap', batch_size=64, epochs=3,
     opt='adamw', lr=1.6e-2, weight_decay=0.05, sched='cosine', sched_on_updates=True,  # lr 2e-3 at batch 64
