@@ -12,7 +12,6 @@ from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import get_device_dtype
 
 __all__ = ['OnePassBackbone']
 
@@ -65,6 +64,7 @@ class OnePassBackbone(nn.Module):
         if global_pool is not None:
             self.global_pool = self.check_global_pool(global_pool)
         self.num_classes = num_classes
-        dd = get_device_dtype(self)
+        like = next(self.parameters(), None)  # (timm's get_device_dtype is 1.0.31+; the floor is 1.0.28)
+        dd = {} if like is None else dict(device=like.device, dtype=like.dtype)
         head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         setattr(self, self.head_name, head.train(self.training))
