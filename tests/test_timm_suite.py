@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -55,6 +56,30 @@ EXCLUDE = {
     'test_model_forward_torchscript': {'dat_*': NOT_SCRIPTABLE, 'absdat_*': NOT_SCRIPTABLE},
     'test_model_forward_fx_torchscript': {'dat_*': NOT_SCRIPTABLE, 'absdat_*': NOT_SCRIPTABLE},
 }
+
+
+def fx_passes_traced_bools_to_sdpa() -> bool:
+    """Whether this torch's FX can trace ``scaled_dot_product_attention(is_causal=<traced bool>)``.
+    timm's own ``VisionTransformer.forward`` takes ``is_causal``, which tracing makes a Proxy; torch 2.6
+    (the floor) refuses it in the op's argument parser, newer releases record it."""
+    import torch
+    import torch.nn.functional as F
+
+    class Probe(torch.nn.Module):
+        def forward(self, x, is_causal: bool = False):
+            return F.scaled_dot_product_attention(x, x, x, is_causal=is_causal)
+    try:
+        torch.fx.symbolic_trace(Probe())
+    except TypeError:
+        return False
+    return True
+
+
+if not fx_passes_traced_bools_to_sdpa():
+    _TIMM_VIT_FX = ("timm's own VisionTransformer cannot be FX-traced on this torch: its forward's is_causal "
+                    'becomes a Proxy, which scaled_dot_product_attention refuses (the zoo\'s models trace)')
+    for _test in ('test_model_forward_fx', 'test_model_backward_fx', 'test_model_forward_fx_torchscript'):
+        EXCLUDE.setdefault(_test, {})['vit_*'] = _TIMM_VIT_FX
 
 #: The default run (CI): every code path at micro size, with the test-only variants of
 #: tests/timm_suite/micro_variants.py. PROJECT_TIMM_SUITE_ALL=1 runs every registered model.
@@ -140,6 +165,8 @@ def test_timm_model_suite_passes_on_project_models(tmp_path):
         pytest.skip(f"{SUITE} is absent: scripts/setup.sh extracts timm's tests/test_models.py from timm's source "
                     'release (set TIMM_TEST_MODELS to use another copy)')
     models = project_models() if os.environ.get('PROJECT_TIMM_SUITE_ALL') else QUICK_MODELS
+    if 'vit_*' in EXCLUDE.get('test_model_forward_fx', {}):
+        warnings.warn(f"FX tests of timm's plain ViT variants not run: {EXCLUDE['test_model_forward_fx']['vit_*']}")
     results = run_suite(models, tmp_path)
     problems = check(results, models)
     assert not problems, '\n'.join(problems)
