@@ -234,8 +234,11 @@ def build_loaders(args, device: torch.device) -> Tuple[Optional[DataLoader], Dat
         return None, loader_val
     dataset_train, _ = datasets.build_dataset(True, args)
     if args.repeated_aug:
+        # DeiT rounds an epoch down to a multiple of 256 samples; sets smaller than that keep them all
+        # (timm >= 1.0.30 does this itself, older releases would select none).
+        selected_round = 256 if len(dataset_train) >= 256 else 0
         sampler = RepeatAugSampler(dataset_train, num_replicas=world, rank=rank, shuffle=True,
-                                   num_repeats=args.aug_repeats)
+                                   num_repeats=args.aug_repeats, selected_round=selected_round)
     else:
         sampler = DistributedSampler(dataset_train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     if len(sampler) < args.batch_size:
