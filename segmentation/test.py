@@ -38,9 +38,11 @@ def testing_config(args):
 
 def main(argv=None):
     from mmengine.runner import Runner
+    from segmentation.distributed import prepare_cpu_distributed
     from segmentation.layouts import check_config_data
     cfg = testing_config(parse_args(argv))
     check_config_data(cfg, splits=('test_dataloader',))
+    prepare_cpu_distributed(cfg)
     Runner.from_cfg(cfg).test()
 
 

@@ -45,9 +45,11 @@ def training_config(args):
 
 def main(argv=None):
     from mmengine.runner import Runner
+    from segmentation.distributed import prepare_cpu_distributed
     from segmentation.layouts import check_config_data
     cfg = training_config(parse_args(argv))
     check_config_data(cfg)
+    prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
     return runner

@@ -50,3 +50,29 @@ def test_bad_priors_are_named():
     with pytest.raises(BackboneInputError, match='bottom-up'):
         with steered(tiny_segmentor(top_down=False), torch.randn(64)):
             pass
+
+
+def test_change_share_on_a_hand_case():
+    from segmentation.steering_figure import change_share
+    change = torch.tensor([[3., 1.], [0., 0.]])
+    region = torch.tensor([[1., 0.], [0.5, 0.]])  # cell fractions the class covers
+    inside, area = change_share(change, region)
+    assert inside == pytest.approx(3 / 4) and area == pytest.approx(1.5 / 4)
+
+
+def test_steering_figure_writes_the_figure_and_refuses_pickled_training_state(tmp_path, capsys):
+    from segmentation import steering_figure
+    ckpt, out = tmp_path / 'weights.pth', tmp_path / 'steering.png'
+    torch.save({'state_dict': tiny_segmentor().state_dict()}, ckpt)
+    cfg = str(ROOT / 'segmentation/configs/tiny/upernet_absvit-tiny_ade20k.py')
+    steering_figure.main([cfg, str(ckpt), '--image', 'synthetic:5', '--image', 'skimage:coffee', '--classes', '2',
+                          '--out', str(out)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'change inside its region' in line]
+    assert len(lines) >= 2 and any(line.startswith('skimage:coffee') for line in lines)
+    from PIL import Image
+    assert Image.open(out).size[0] > Image.open(out).size[1] > 0
+    torch.save({'state_dict': {}, 'message_hub': {'history': __import__('collections').OrderedDict(a=object)}},
+               tmp_path / 'pickled.pth')
+    from errors import UserError
+    with pytest.raises(UserError, match='--trusted'):
+        steering_figure.read_weights(str(tmp_path / 'pickled.pth'), trusted=False)
