@@ -11,14 +11,16 @@ way timm classifies its own:
 * ``absvit_*``, ``fan_*`` and ``absfan_*`` join ``NON_STD_FILTERS`` next to timm's ``vit_*``: their
   features are tokens ``(B, N, C)``, not a map, so timm checks them with
   ``test_model_default_cfgs_non_std`` and skips the feature-map tests (``test_model_forward_features``)
-  for them, as for its own ViTs. DAT and RVT give channel-last maps (``output_fmt = 'NHWC'``): std.
+  for them, as for its own ViTs. DAT and RVT give channel-last maps (``output_fmt = 'NHWC'``): std. IDA
+  (``ida_*``) gives its backbone's last map, NCHW, whatever the backbone: std.
 
-``EXCLUDE`` lists the (test, model) pairs that do not run, each with its reason; the test asserts that
-every other pair ran and passed (``expected_tests``: 9 timm tests per ViT or FAN, 10 per RVT, 8 per DAT,
-which does not script).
+``EXCLUDE`` lists the (test, model) pairs that do not run, each with its reason (among them the tests timm
+itself skips for the full-size IDA transformers' fixed input sizes); the test asserts that
+every other pair ran and passed (``expected_tests``: 9 timm tests per ViT or FAN, 10 per RVT or IDA on a
+convnet, 8 per DAT, which does not script, 9 per IDA on AbSViT, whose backbone does not script).
 
-The default run takes the micro models (``QUICK_MODELS``: about 100 s on a quiet 2-core machine);
-``PROJECT_TIMM_SUITE_ALL=1`` runs every registered model (about 25 minutes). For a per-model table:
+The default run takes the micro models (``QUICK_MODELS``: about 2 minutes on a quiet 2-core machine, 3 on a
+shared one); ``PROJECT_TIMM_SUITE_ALL=1`` runs every registered model (about half an hour). For a per-model table:
 ``python tests/test_timm_suite.py [--all] [--models NAME ...]``.
 """
 import argparse
@@ -40,7 +42,7 @@ HELPERS = Path(__file__).resolve().parent / 'timm_suite'
 #: setup.sh puts it in the environment that runs the tests (.venv, or .venv-floors for check_floors.sh)
 SUITE = Path(os.environ.get('TIMM_TEST_MODELS', Path(sys.prefix) / 'timm-tests' / 'test_models.py'))
 
-PROJECT_MODULES = ['absvit', 'dat', 'rvt', 'fan', 'micro_variants']
+PROJECT_MODULES = ['absvit', 'dat', 'rvt', 'fan', 'ida', 'micro_variants']
 NON_STD = ['absvit_*', 'fan_*', 'absfan_*']
 TESTS = [
     'test_model_forward', 'test_model_backward', 'test_model_default_cfgs', 'test_model_default_cfgs_non_std',
@@ -51,9 +53,16 @@ TESTS = [
 NOT_SCRIPTABLE = ('DAT++ is not scriptable: its neighbourhood attention chooses its tiling plan and kernels in '
                   'Python at run time (models/dat.py, NeighborhoodAttention2D.__prepare_scriptable__; '
                   'tests/test_timm_conventions.py asserts the error)')
+IDA_ABSVIT_NOT_SCRIPTABLE = (
+    "IDA on AbSViT is not scriptable: its backbone is AbSViT's features_only wrapper (timm's FeatureGetterNet), "
+    "whose forward calls AbSViT's @torch.jit.ignore'd forward_intermediates (models/topdown.py), a signature with "
+    'keyword-only arguments and **extra that TorchScript cannot call (an internal assert; tests/test_ida.py '
+    'asserts it). AbSViT itself and IDA on test_resnet script, and FX-then-TorchScript runs on IDA on AbSViT '
+    '(this suite checks all three)')
 #: {timm test: {model pattern: why it does not run there}}.
 EXCLUDE = {
-    'test_model_forward_torchscript': {'dat_*': NOT_SCRIPTABLE, 'absdat_*': NOT_SCRIPTABLE},
+    'test_model_forward_torchscript': {'dat_*': NOT_SCRIPTABLE, 'absdat_*': NOT_SCRIPTABLE,
+                                       'ida_*_absvit_*': IDA_ABSVIT_NOT_SCRIPTABLE},
     'test_model_forward_fx_torchscript': {'dat_*': NOT_SCRIPTABLE, 'absdat_*': NOT_SCRIPTABLE},
 }
 
@@ -81,11 +90,25 @@ if not fx_passes_traced_bools_to_sdpa():
     for _test in ('test_model_forward_fx', 'test_model_backward_fx', 'test_model_forward_fx_torchscript'):
         EXCLUDE.setdefault(_test, {})['vit_*'] = _TIMM_VIT_FX
 
+#: timm skips a test ("Fixed input size model > limit.") when a model's fixed input size is above the test's
+#: limit (test_models.py's MAX_*_SIZE); the full-size IDA transformers are fixed at 384 (Swin) and 448 (AbSViT-S).
+TIMM_SIZE_LIMITS = {'test_model_forward': 384, 'test_model_backward': 320, 'test_model_forward_features': 256,
+                    'test_model_forward_intermediates_features': 256, 'test_model_forward_intermediates': 256,
+                    'test_model_forward_torchscript': 320, 'test_model_forward_fx': 256,
+                    'test_model_backward_fx': 224, 'test_model_forward_fx_torchscript': 320}
+FIXED_INPUT_SIZES = {'ida_*_swin_*_384': 384, 'ida_*_absvit_small_patch16_224': 448}
+for _test, _limit in TIMM_SIZE_LIMITS.items():
+    for _pattern, _size in FIXED_INPUT_SIZES.items():
+        if _size > _limit:
+            EXCLUDE.setdefault(_test, {})[_pattern] = (f'fixed input size {_size} px, above the {_limit} px limit '
+                                                       'of this timm test (timm skips it)')
+
 #: The default run (CI): every code path at micro size, with the test-only variants of
 #: tests/timm_suite/micro_variants.py. PROJECT_TIMM_SUITE_ALL=1 runs every registered model.
 QUICK_MODELS = ['absvit_micro_patch4_28_gap', 'absvit_micro_patch4_28_token', 'vit_micro_patch4_28_gap', 'dat_micro',
                 'absdat_micro', 'absdat_micro_feedback', 'rvt_micro', 'absrvt_micro', 'absrvt_micro_maskatt',
-                'fan_micro', 'absfan_micro', 'absfan_micro_qkv'] + [
+                'fan_micro', 'absfan_micro', 'absfan_micro_qkv', 'ida_heavy_test_resnet',
+                'ida_light_absvit_micro_patch8_64'] + [
     f'absvit_micro_patch4_28_gap_{m}' for m in ('qkv', 'feedback', 'maskatt', 'perceiver')]
 
 
