@@ -4,7 +4,8 @@ A top-down model runs its backbone twice:
 
 1. **bottom-up pass**: the plain forward, giving output tokens ``z`` (channel-last, ``(..., C)``);
 2. **prior reweighting**: ``z_i <- alpha * clamp(cos(xi, z_i), 0, 1) * z_i``; ``xi`` is the learned
-   ``prompt`` for classification, a class prototype or a text embedding when steering;
+   ``prompt`` for classification, a class prototype or a text embedding when steering (or the
+   vision-language release's rank-1 form, ``set_reweighting('rank1')``, see ``REWEIGHTINGS``);
 3. **feedback**: one token-wise decoder per block, walked from the top block down. Decoder ``l``
    hands ``linear(x)`` to the block below and gives block ``l`` its top-down signal ``linear2(x)``;
 4. **top-down pass**: the same blocks again from the input; each attention adds its block's signal
@@ -36,7 +37,8 @@ from timm.models._features import feature_take_indices
 
 __all__ = [
     'TD_MODES', 'TOP_DOWN_MODES', 'SIGNALS', 'TopDownMode', 'top_down_mode', 'checked_signal', 'masked_value',
-    'TopDownOutput', 'PassOutput', 'TokenDecoder', 'prior_mask', 'reweight', 'fold_value_signal', 'steering_prior',
+    'TopDownOutput', 'PassOutput', 'TokenDecoder', 'prior_mask', 'reweight', 'REWEIGHTINGS', 'fold_value_signal',
+    'steering_prior',
     'variational_loss', 'TopDownMixin',
 ]
 
@@ -167,10 +169,26 @@ def prior_mask(tokens: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     return cos.clamp(0, 1)
 
 
-def reweight(tokens: torch.Tensor, prior: torch.Tensor, alpha: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Prior reweighting ``alpha * clamp(cos(prior, z), 0, 1) * z``; returns ``(tokens, mask)``."""
+#: How the prior's mask turns the pass-1 tokens into the feedback's input (``reweight``'s ``transform``):
+#: ``scale`` (the paper): ``alpha * mask * z``; ``rank1`` (the vision-language release):
+#: ``alpha * (mask * z) @ (p p^T)``, every token projected on the unnormalised prior ``p``.
+REWEIGHTINGS = ('scale', 'rank1')
+
+
+def reweight(tokens: torch.Tensor, prior: torch.Tensor, alpha: float = 1.0,
+             transform: str = 'scale') -> Tuple[torch.Tensor, torch.Tensor]:
+    """Prior reweighting ``alpha * clamp(cos(prior, z), 0, 1) * z`` (``transform='scale'``) or the
+    release's rank-1 form ``alpha * (mask * z) @ (p p^T)`` (``'rank1'``); returns ``(tokens, mask)``."""
     mask = prior_mask(tokens, prior)
-    return tokens * mask * alpha, mask
+    if transform == 'scale':
+        return tokens * mask * alpha, mask
+    if transform != 'rank1':
+        raise ValueError("reweighting transform must be 'scale' or 'rank1', got " + transform)
+    p = prior.to(tokens.dtype)
+    if p.dim() == 2:  # one prior per image, broadcast over the token dimensions
+        p = p.view([p.shape[0]] + [1] * (tokens.dim() - 2) + [p.shape[1]])
+    along = (tokens * mask * p).sum(-1, keepdim=True)  # (mask * z) . p, per token
+    return along * p * alpha, mask
 
 
 def fold_value_signal(x: torch.Tensor, td: Optional[torch.Tensor],
@@ -298,6 +316,7 @@ class TopDownMixin:
         ``decoder_dims`` has one entry per block: ``dim`` or ``(dim_out, dim_in)`` of that block.
         """
         self.td_mode, self.td_spec, self.alpha = mode.name, mode, float(alpha)
+        self.reweighting = 'scale'  # see REWEIGHTINGS; set_reweighting changes it
         self.td_blocks = len(decoder_dims)  # one signal per block, also in modes without decoders
         dd = dict(device=device, dtype=dtype)
         top_dim = decoder_dims[-1] if isinstance(decoder_dims[-1], int) else decoder_dims[-1][0]
@@ -315,6 +334,14 @@ class TopDownMixin:
     def no_weight_decay(self) -> set:
         """The backbone's exemptions plus the prompt (a direction, like the class token)."""
         return set(super().no_weight_decay()) | ({'prompt'} if self.prompt is not None else set())
+
+    @torch.jit.ignore
+    def set_reweighting(self, transform: str) -> None:
+        """Choose how the prior reweights the pass-1 tokens (``REWEIGHTINGS``): ``scale``, the paper's
+        default, or ``rank1``, what the vision-language release computes."""
+        if transform not in REWEIGHTINGS:
+            raise ValueError(f'reweighting must be one of {REWEIGHTINGS}, got {transform!r}')
+        self.reweighting = transform
 
     def num_td_blocks(self) -> int:
         """How many blocks take a top-down signal (every block of the backbone)."""
@@ -370,7 +397,7 @@ class TopDownMixin:
         if self.decoders is None:  # maskatt: the mask itself is every block's signal
             mask = prior_mask(tokens, prior)
             return [mask] * self.num_td_blocks(), mask
-        weighted, mask = reweight(tokens, prior, alpha)
+        weighted, mask = reweight(tokens, prior, alpha, self.reweighting)
         return self.feedback(weighted), mask
 
     def feedback(self, tokens: torch.Tensor) -> List[torch.Tensor]:
@@ -415,7 +442,7 @@ class TopDownMixin:
         """The final features of the reported pass: perceiver mode's are its reweighted tokens."""
         if not top_down or self.td_spec.second_pass:
             return tokens
-        return reweight(tokens, required_prior(prior, self.td_mode), alpha)[0]
+        return reweight(tokens, required_prior(prior, self.td_mode), alpha, self.reweighting)[0]
 
     def forward_features(self, x: torch.Tensor, prior: Optional[torch.Tensor] = None,
                          classes: Optional[Union[int, List[int], torch.Tensor]] = None,
@@ -441,7 +468,7 @@ class TopDownMixin:
         logits1 = self.forward_head(tokens)
         done('pass 1 (bottom-up)')
         if not self.td_spec.second_pass:
-            weighted, mask = reweight(tokens, required_prior(prior, self.td_mode), alpha)
+            weighted, mask = reweight(tokens, required_prior(prior, self.td_mode), alpha, self.reweighting)
             logits2 = self.forward_head(weighted)
             done('prior + head')
             return TopDownOutput(logits2, (logits1, logits2), None, mask)
@@ -539,7 +566,7 @@ class TopDownMixin:
         result = {'logits_bottom_up': self.forward_head(tokens),
                   'bottom_up': to_map(outs1[depth - 1]).norm(dim=1), 'attn_bottom_up': attn1}
         if not self.td_spec.second_pass:
-            weighted, mask = reweight(tokens, prior, alpha)
+            weighted, mask = reweight(tokens, prior, alpha, self.reweighting)
             result.update(logits=self.forward_head(weighted), top_down=None, attn_top_down=None, features={},
                           prior_mask=to_map(mask)[:, 0])
             return result
