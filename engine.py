@@ -18,7 +18,8 @@ from tqdm import tqdm
 import misc
 from errors import NonFiniteLossError
 
-__all__ = ['train_one_epoch', 'evaluate', 'autocast']
+__all__ = ['train_one_epoch', 'evaluate', 'autocast', 'BatchPriors', 'takes_prior', 'attach_prior_table',
+           'PRIOR_SOURCES']
 
 
 def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
@@ -31,6 +32,66 @@ def _unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside torch.compile and DDP wrappers."""
     model = getattr(model, '_orig_mod', model)
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+#: Where a class prior comes from in prior-conditioned training (``--prior-source``).
+PRIOR_SOURCES = ('classifier', 'table')
+
+
+def takes_prior(model: nn.Module) -> bool:
+    """Whether the model is steered by a prior: a top-down mode with a learned ``prompt`` (not Feedback,
+    not a plain backbone)."""
+    return getattr(_unwrap(model), 'prompt', None) is not None
+
+
+def attach_prior_table(model: nn.Module, num_classes: int) -> nn.Parameter:
+    """Give ``model`` a learned class-embedding table ``prior_table`` (num_classes, prior width), the class
+    priors of ``--prior-source table``: a parameter of the model, so the optimizer, EMA, DDP and checkpoints
+    hold it like any weight. Rows start as random directions, like the prompt."""
+    prompt = getattr(model, 'prompt', None)
+    if prompt is None:
+        raise ValueError(f'{type(model).__name__} takes no prior; a prior table needs a top-down mode with a prompt')
+    table = nn.Parameter(torch.randn(num_classes, prompt.shape[-1], device=prompt.device, dtype=prompt.dtype))
+    model.register_parameter('prior_table', table)
+    return table
+
+
+class BatchPriors:
+    """The per-sample prior vectors ``(B, C)`` of a batch of prior ids: class ``c >= 0`` gives class c's
+    prior (its classifier row, ``class_prototypes()``, or its row of the learned ``prior_table``), ``-1`` the
+    learned prompt. Built on the unwrapped model and evaluated outside the DDP forward; every row comes from
+    one ``torch.where`` over the whole batch, so the prompt and the class priors are in every step's graph
+    (DDP then always sees their gradients, zero or not)."""
+
+    def __init__(self, model: nn.Module, source: str = 'classifier'):
+        if source not in PRIOR_SOURCES:
+            raise ValueError(f'prior source must be one of {PRIOR_SOURCES}, got {source!r}')
+        self.model, self.source = _unwrap(model), source
+        if not takes_prior(self.model):
+            raise ValueError(f'{type(self.model).__name__} takes no prior')
+        if self.class_rows() is None:
+            raise ValueError('class priors need a linear classifier head (class_prototypes) or --prior-source table')
+
+    def class_rows(self) -> Optional[torch.Tensor]:
+        if self.source == 'table':
+            return getattr(self.model, 'prior_table', None)
+        return self.model.class_prototypes()
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.class_rows()
+        if ids.device.type == 'cpu' and ids.numel() and int(ids.max()) >= rows.shape[0]:  # no sync on devices
+            raise ValueError(f'prior class {int(ids.max())} out of range for {rows.shape[0]} classes')
+        chosen = rows[ids.clamp(min=0)]
+        prompt = self.model.prompt.to(chosen.dtype).expand_as(chosen)
+        return torch.where((ids >= 0)[:, None], chosen, prompt)
+
+
+def _split_batch(batch):
+    """``(images, targets, prior ids or None)``: datasets of prior-conditioned training add the ids."""
+    if len(batch) == 3:
+        return batch[0], batch[1], batch[2]
+    images, targets = batch
+    return images, targets, None
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -53,12 +114,14 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     amp_dtype: Optional[torch.dtype] = None, loss_scaler=None, clip_grad: Optional[float] = None,
                     model_ema=None, mixup_fn: Optional[Callable] = None, tb_writer=None, log_every: int = 50,
                     check_every: Optional[int] = None, progress: bool = True,
-                    set_training_mode: bool = True) -> Dict[str, float]:
+                    set_training_mode: bool = True, batch_priors: Optional[Callable] = None) -> Dict[str, float]:
     """Train for one pass over ``data_loader``; returns averages over this process's steps.
 
     Losses stay on the device and are read on the host only every ``check_every`` steps and at the end
     of the epoch (default: every step on CPU, every ``log_every`` steps elsewhere), so the hot loop has no
-    host syncs. A NaN/inf loss raises ``NonFiniteLossError`` on every rank at the next read, naming
+    host syncs. Batches of three, ``(images, targets, prior ids)`` (``datasets.PriorComposites``), call the
+    model with ``prior=batch_priors(ids)`` (per-sample priors); without ``batch_priors`` (a model that takes no
+    prior) the ids are ignored. A NaN/inf loss raises ``NonFiniteLossError`` on every rank at the next read, naming
     the first bad step, before anything is checkpointed: checkpoints stay those of the last good epoch.
     """
     model.train(set_training_mode)
@@ -70,13 +133,17 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     tracker = _LossTracker(device, epoch, steps)
     n_seen = 0
     start = time.time()
-    for i, (images, targets) in enumerate(bar):
+    for i, batch in enumerate(bar):
+        images, targets, prior_ids = _split_batch(batch)
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
         with autocast(device, amp_dtype):
-            output = model(images, **model_kwargs)
+            kwargs = model_kwargs
+            if prior_ids is not None and batch_priors is not None:
+                kwargs = {**model_kwargs, 'prior': batch_priors(prior_ids.to(device, non_blocking=True))}
+            output = model(images, **kwargs)
             loss = criterion(output, targets)
         tracker.add(i, loss, getattr(criterion, 'last_terms', {}))
         last = i == steps - 1

@@ -115,6 +115,7 @@ class Loop:
     tb_writer: Any = None
     evaluator: Any = None       # another task's metrics (multi-label: mAP), None for top-1 classification
     best_epoch: int = -1        # the epoch of the best test metric so far (for --early-stop)
+    batch_priors: Any = None    # prior ids -> prior vectors (prior-conditioned training), None otherwise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,6 +192,7 @@ def build_model(args, rt: Runtime) -> Tuple[nn.Module, int, int]:
     num_classes = datasets.dataset_num_classes(args)
     model = create_model(args, num_classes)
     resolve_data_args(args, model)
+    attach_priors(args, model, num_classes)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _logger.info(f'{"evaluating" if args.eval else "training"} {args.model} ({n_params / 1e6:.2f}M parameters, '
                  f'{"top-down" if getattr(model, "is_top_down", False) else "bottom-up"}) on {args.data_set} '
@@ -199,6 +201,45 @@ def build_model(args, rt: Runtime) -> Tuple[nn.Module, int, int]:
                  + f', amp {args.amp}, {torch.get_num_threads()} thread(s) per process'
                  + (' (busy CPU: OMP_WAIT_POLICY=PASSIVE)' if _BUSY_CPU and rt.device.type == 'cpu' else ''))
     return model, num_classes, n_params
+
+
+def composites_on(args) -> bool:
+    return bool(getattr(args, 'composite_prob', 0.0)) and not args.eval
+
+
+def attach_priors(args, model: nn.Module, num_classes: int) -> None:
+    """``--prior-source table``: the model gets its learned class-embedding table (also for --eval, so that
+    such checkpoints load); a note when prior-conditioned training meets a model that takes no prior."""
+    if not engine.takes_prior(model):
+        if composites_on(args):
+            _logger.info(f'{args.model} takes no prior (td_mode {getattr(model, "td_mode", "none")}): composites train '
+                         'it, their priors are ignored (a no-prior baseline)')
+        return
+    if args.prior_source == 'table':
+        engine.attach_prior_table(model, num_classes)
+        _logger.info(f'class priors: a learned table prior_table ({num_classes} x {model.prompt.shape[-1]})')
+
+
+def check_composites(args) -> None:
+    """What composites cannot be combined with, said before any data is read."""
+    if datasets.dataset_task(args.data_set) != 'classification':
+        raise UserError(f'--composite-prob needs a classification dataset (one class per image); {args.data_set} '
+                        'is multi-label')
+    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+        raise UserError('--composite-prob composes its own multi-object samples and targets; turn mixup/cutmix '
+                        'off (--mixup 0 --cutmix 0)')
+
+
+def wrap_composites(args, dataset, num_classes: int):
+    """``--composite-prob > 0``: the training set as ``datasets.PriorComposites`` (multi-object scenes with
+    present- and absent-class priors, mixed with ordinary samples)."""
+    fill = [-m / s for m, s in zip(args.mean, args.std)]  # a black pixel, normalised
+    wrapped = datasets.PriorComposites(
+        dataset, num_classes, composite_prob=args.composite_prob, items=args.composite_items,
+        grid=args.composite_grid, present_prob=args.present_prior_prob, absent_prob=args.absent_prior_prob,
+        fill=fill, smoothing=args.smoothing or 0.0, seed=args.seed)
+    _logger.info(f'composites: {wrapped}; prior source {args.prior_source}')
+    return wrapped
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -222,9 +263,12 @@ def eval_loader(dataset, args, device: torch.device) -> DataLoader:
                       pin_memory=args.pin_mem and device.type == 'cuda', drop_last=False)
 
 
-def build_loaders(args, device: torch.device) -> Tuple[Optional[DataLoader], DataLoader]:
-    """``(train loader, eval loader)``; no train loader with ``--eval``."""
+def build_loaders(args, device: torch.device, num_classes: int) -> Tuple[Optional[DataLoader], DataLoader]:
+    """``(train loader, eval loader)``; no train loader with ``--eval``; the training set made composites with
+    ``--composite-prob``."""
     world, rank = misc.get_world_size(), misc.get_rank()
+    if composites_on(args):
+        check_composites(args)
     dataset_val, _ = datasets.build_dataset(False, args)
     if len(dataset_val) == 0:
         raise UserError(f'the evaluation set of --data-set {args.data_set} is empty')
@@ -233,6 +277,8 @@ def build_loaders(args, device: torch.device) -> Tuple[Optional[DataLoader], Dat
         _logger.info(f'data: 0 train / {len(dataset_val)} eval samples from {args.data_path}')
         return None, loader_val
     dataset_train, _ = datasets.build_dataset(True, args)
+    if composites_on(args):
+        dataset_train = wrap_composites(args, dataset_train, num_classes)
     if args.repeated_aug:
         # DeiT rounds an epoch down to a multiple of 256 samples; sets smaller than that keep them all
         # (timm >= 1.0.30 does this itself, older releases would select none).
@@ -416,7 +462,8 @@ def build_training(args, rt: Runtime, model: nn.Module, model_ema: Optional[Mode
     lr_scheduler = build_scheduler(args, optimizer, updates_per_epoch)
     loss_scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
     mixup_fn = build_mixup(args, num_classes)
-    criterion = losses.build_criterion(args, model, mixup_fn is not None)
+    # composites bring soft targets (label smoothing folded in), as mixup does
+    criterion = losses.build_criterion(args, model, mixup_fn is not None or composites_on(args))
     global_batch = args.batch_size * rt.world
     _logger.info(f'criterion: {criterion}; optimizer {args.opt}{" (fused)" if fused else ""}, '
                  f'lr {args.lr_effective:.3g} '
@@ -429,6 +476,16 @@ def build_training(args, rt: Runtime, model: nn.Module, model_ema: Optional[Mode
                  + ('; grad checkpointing' if args.grad_checkpointing else ''))
     state = TrainState(model, optimizer, lr_scheduler, loss_scaler=loss_scaler, model_ema=model_ema)
     return state, criterion, mixup_fn
+
+
+def build_batch_priors(args, model: nn.Module) -> Optional[engine.BatchPriors]:
+    """With composites, for a model that takes priors: what turns a batch's prior ids into prior vectors."""
+    if not (composites_on(args) and engine.takes_prior(model)):
+        return None
+    try:
+        return engine.BatchPriors(model, args.prior_source)
+    except ValueError as e:
+        raise UserError(f'--prior-source {args.prior_source}: {e}') from None
 
 
 def resume(args, rt: Runtime, state: TrainState, updates_per_epoch: int) -> None:
@@ -471,13 +528,15 @@ def train_epoch(loop: Loop, epoch: int) -> Dict[str, float]:
     which checkpoint is left."""
     args, state = loop.args, loop.state
     loop.loader_train.sampler.set_epoch(epoch)
+    if hasattr(loop.loader_train.dataset, 'set_epoch'):  # composites: a new draw each epoch
+        loop.loader_train.dataset.set_epoch(epoch)
     try:
         stats = engine.train_one_epoch(
             loop.net, loop.criterion, loop.loader_train, state.optimizer, loop.rt.device, epoch,
             num_epochs=args.epochs, lr_scheduler=state.lr_scheduler, sched_on_updates=args.sched_on_updates,
             amp_dtype=loop.rt.amp_dtype, loss_scaler=state.loss_scaler, clip_grad=args.clip_grad,
             model_ema=state.model_ema, mixup_fn=loop.mixup_fn, tb_writer=loop.tb_writer, log_every=args.log_every,
-            progress=args.progress)
+            progress=args.progress, batch_priors=loop.batch_priors)
     except NonFiniteLossError as e:
         ck = loop.rt.output_dir / 'checkpoint.pth' if loop.rt.output_dir else None
         where = (f'the last good checkpoint, {ck} (epoch {epoch}), is intact' if ck and ck.exists()
@@ -607,14 +666,14 @@ def run(args) -> Dict[str, Any]:
     """Train (or evaluate, with ``--eval``); returns the final statistics."""
     rt = setup_runtime(args)
     model, num_classes, n_params = build_model(args, rt)
-    loader_train, loader_val = build_loaders(args, rt.device)
+    loader_train, loader_val = build_loaders(args, rt.device, num_classes)
     net, model_ema = wrap_model(args, model, rt.device)
     if args.eval:
         return evaluate_only(args, rt, net, model, loader_val)
     state, criterion, mixup_fn = build_training(args, rt, model, model_ema, len(loader_train), num_classes)
     resume(args, rt, state, len(loader_train))
     loop = Loop(args, rt, net, state, criterion, mixup_fn, loader_train, loader_val, n_params,
-                evaluator=build_evaluator(args))
+                evaluator=build_evaluator(args), batch_priors=build_batch_priors(args, model))
     try:
         open_outputs(loop)
         return train_loop(loop)

@@ -33,7 +33,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument('--config', default=None, metavar='FILE.yaml',
                    help='YAML file whose keys (flag names, - or _) set flags; the command line still wins')
     for add_flags in (_add_run_flags, _add_model_flags, _add_speed_flags, _add_ema_flags, _add_optimizer_flags,
-                      _add_schedule_flags, _add_augmentation_flags, _add_data_flags, _add_distributed_flags):
+                      _add_schedule_flags, _add_augmentation_flags, _add_data_flags, _add_prior_training_flags,
+                      _add_distributed_flags):
         add_flags(p)
     robustness.add_args(p)
     return p
@@ -190,6 +191,25 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument('--std', type=float, nargs='+', default=None)
     g.add_argument('--crop-pct', type=float, default=None)
     g.add_argument('--interpolation', default=None, help='eval resize interpolation (default: the model\'s)')
+
+
+def _add_prior_training_flags(p: argparse.ArgumentParser) -> None:
+    """Prior-conditioned training: multi-object composites with class priors (``datasets/composites.py``)."""
+    g = p.add_argument_group('prior-conditioned training (top-down models; see docs/training.md)')
+    g.add_argument('--composite-prob', type=float, default=0.0,
+                   help='share of training samples made multi-object composites (0: off, ordinary training)')
+    g.add_argument('--composite-items', type=int, nargs='+', default=[2, 3],
+                   help='items per composite, drawn uniformly from these counts')
+    g.add_argument('--composite-grid', type=int, default=2,
+                   help='composites are a G x G grid of cells of (input size / G) pixels, one item per cell')
+    g.add_argument('--present-prior-prob', type=float, default=0.5,
+                   help='share of composites whose prior names a present item (target: that item)')
+    g.add_argument('--absent-prior-prob', type=float, default=0.3,
+                   help='share of composites whose prior names an absent class (target: the items present); '
+                        'the rest take the learned prompt (target: the items present)')
+    g.add_argument('--prior-source', default='classifier', choices=['classifier', 'table'],
+                   help="a class's prior: its classifier row (class prototype) or its row of a learned "
+                        'class-embedding table (the model parameter prior_table)')
 
 
 def _add_distributed_flags(p: argparse.ArgumentParser) -> None:

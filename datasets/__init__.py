@@ -11,7 +11,8 @@
 Public API (used by main.py and the robustness evaluation):
 ``build_dataset(is_train, args, corruption=None) -> (dataset, num_classes)``,
 ``build_eval_transform(args, corruption=None)``, ``build_train_transform(args)``,
-``build_folder_dataset(root, args, corruption=None)``, ``dataset_num_classes(args)``; the training recipe
+``build_folder_dataset(root, args, corruption=None)``, ``dataset_num_classes(args)``; prior-conditioned
+training's multi-object composites: ``PriorComposites`` (``datasets/composites.py``); the training recipe
 of each dataset: ``recipes.recipe(data_set)`` (``datasets/recipes.py``).
 """
 import os
@@ -20,6 +21,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
+from .composites import PROMPT, PriorComposites
 from .errors import DatasetError, UnreadableImageError
 from .fmnist import DEFAULT_ROOT as FMNIST_ROOT, FashionMNIST
 from .folder import SafeImageFolder, count_classes, load_image
@@ -31,7 +33,7 @@ from .transforms import ApplyCorruption, ConvertMode, build_eval_transform, buil
 __all__ = ['DATASETS', 'DatasetError', 'UnreadableImageError', 'FashionMNIST', 'SafeImageFolder', 'build_dataset',
            'build_eval_transform', 'build_train_transform', 'build_folder_dataset', 'dataset_num_classes',
            'default_data_path', 'dataset_task', 'RECIPES', 'recipe', 'ApplyCorruption', 'ConvertMode', 'fit_channels',
-           'input_hw']
+           'input_hw', 'PriorComposites', 'PROMPT']
 
 DATASETS = ('FMNIST', 'IMNET', 'FOLDER', 'COCO2014', 'VOC2007', 'FMNIST_ML')
 IMAGENET_CLASSES = 1000

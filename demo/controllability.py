@@ -27,16 +27,31 @@ input size, so ``demo/visualize.py`` loads them as they are.
 
     python demo/controllability.py --train --lr 2e-3 --out-dir output/controllability   # train 4, measure
     python demo/controllability.py --checkpoints abs=output/controllability/abs.pth # measure only
+
+``--runs NAME=CHECKPOINT ...`` measures checkpoints of ``main.py`` (prior-conditioned training,
+``--composite-prob``; any td_mode or a plain ViT) on held-out composites of 2 and of 3 test items in the
+training geometry (a 2x2 grid of cells, ``datasets/composites.py``), for each alpha and against the
+no-prior baseline, as mean and standard error over composites: (a) prior accuracy; (b) the share of
+top-down attention on the prior's item among all items, by the item's pixels (1/k for a map that ignores
+the prior); (c) with a prior naming a class absent from the image, how often that class is predicted
+(against how often the model predicts it without a prior); (d) accuracy on single test images with the
+learned prompt. It writes runs.json, runs_table.md (with the prior masks' share on their item and the
+attention share after every block), runs.png (the alpha sweeps), examples.png and alpha_sweep.png.
+
+    python demo/controllability.py --runs AbSViT=output/prior/abs/checkpoint.pth ViT=... --out-dir output/prior
 """
 import argparse
 import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 if __package__ in (None, ''):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,10 +62,12 @@ from matplotlib.figure import Figure  # noqa: E402
 from timm.optim import create_optimizer_v2  # noqa: E402
 from timm.scheduler import create_scheduler_v2  # noqa: E402
 
+import datasets  # noqa: E402
 import engine  # noqa: E402
 import losses  # noqa: E402
 import models  # noqa: E402,F401
 import options  # noqa: E402  (main.py's parser and the dataset recipes, without the training script)
+from datasets import composites  # noqa: E402
 from datasets.fmnist import CLASSES, FashionMNIST  # noqa: E402
 from datasets.errors import DatasetError  # noqa: E402
 from demo.common import DemoError, default_depth, load_model, normalize_map  # noqa: E402
@@ -358,6 +375,391 @@ def plot_examples(model, x: torch.Tensor, y_left: torch.Tensor, y_right: torch.T
     return path
 
 
+# -- prior-trained runs: main.py checkpoints on grid composites of 2 and 3 items --------------------
+
+#: Table order and display names of the runs of the same-budget comparison (``--runs NAME=PATH``).
+RUN_ORDER = ('AbSViT', 'AbSViT (no prior training)', 'AbSViT-QKV', 'MaskAtt', 'PerceiverIO', 'Feedback', 'ViT')
+
+
+def load_run(path: str):
+    """A ``main.py`` checkpoint as ``(model in eval mode, settings)``: the model, mode, input size and the
+    composite grid come from the run's recorded ``args``; a ``prior_table`` in the weights is attached
+    (``--prior-source table``) before the strict load."""
+    try:
+        ckpt = models.load_checkpoint_file(path)
+        sd, _ = models.select_state_dict(ckpt)
+    except (FileNotFoundError, models.CheckpointError) as e:
+        raise DemoError(str(e)) from e
+    args = ckpt.get('args')
+    args = vars(args) if args is not None and not isinstance(args, dict) else args
+    if not args or not args.get('model'):
+        raise DemoError(f'{path} records no main.py settings (args): --runs measures checkpoints of main.py')
+    kwargs = {'num_classes': int(sd['head.weight'].shape[0])} if 'head.weight' in sd else {}
+    if args.get('input_size'):
+        kwargs['img_size'] = int(args['input_size'])
+    if args.get('td_mode'):
+        kwargs['td_mode'] = args['td_mode']
+    model = timm.create_model(args['model'], **kwargs)
+    if 'prior_table' in sd:
+        engine.attach_prior_table(model, sd['prior_table'].shape[0])
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise DemoError(f'{path} does not fit {args["model"]} {kwargs}: {e}') from e
+    settings = {k: args.get(k) for k in ('model', 'td_mode', 'input_size', 'composite_prob', 'composite_items',
+                                         'composite_grid', 'present_prior_prob', 'absent_prior_prob',
+                                         'prior_source', 'mean', 'std', 'in_chans', 'crop_pct', 'interpolation',
+                                         'epochs', 'batch_size', 'seed')}
+    settings['prior_source'] = 'table' if 'prior_table' in sd else 'classifier'
+    return model.eval(), settings
+
+
+def run_transform(settings: Dict):
+    """main.py's evaluation transform of a run (resize, crop, normalise), as a uint8 (28, 28) -> tensor map."""
+    tf = datasets.build_eval_transform(SimpleNamespace(**settings))
+    return lambda img: tf(Image.fromarray(img.numpy()))
+
+
+def grid_composites(images: torch.Tensor, labels: torch.Tensor, k: int, n: int, grid: int, transform,
+                    fill: Sequence[float], seed: int) -> Dict[str, torch.Tensor]:
+    """``n`` held-out composites of ``k`` test items of different classes in random cells of a ``grid`` x
+    ``grid`` canvas (each item through the run's ``transform``, then ``datasets.composites.compose``: the
+    training geometry), and one class absent from each. Composite ``i`` comes from the generator
+    ``(seed, k, i)``. Returns ``x`` (n, C, H, W), ``classes`` (n, k), ``boxes`` (n, k, 4), ``absent`` (n,)."""
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(len(CLASSES))]
+    xs, classes, boxes, absent = [], [], [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, k, i])
+        cls = [int(c) for c in rng.permutation(len(CLASSES))[:k + 1]]
+        idx = [int(by_class[c][rng.integers(len(by_class[c]))]) for c in cls[:k]]
+        cells = [int(c) for c in rng.permutation(grid * grid)[:k]]
+        items = [transform(images[j]) for j in idx]
+        xs.append(composites.compose(items, cells, grid, fill))
+        classes.append(cls[:k])
+        absent.append(cls[k])
+        boxes.append(composites.cell_boxes(tuple(items[0].shape[-2:]), grid, cells))
+    return {'x': torch.stack(xs), 'classes': torch.tensor(classes), 'boxes': torch.stack(boxes),
+            'absent': torch.tensor(absent)}
+
+
+def item_shares(att: torch.Tensor, boxes: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """Share of each item's box in a (B, h, w) map's mass over all the items' boxes: (B, k). Each token
+    counts with the fraction of its pixels inside the box; a map without mass on any item gives 1/k."""
+    b, k = boxes.shape[:2]
+    masks = torch.stack([composites.box_masks(hw, bx) for bx in boxes]).float()  # (B, k, H, W)
+    frac = F.adaptive_avg_pool2d(masks.flatten(0, 1)[:, None], att.shape[-2:]).reshape(b, k, *att.shape[-2:])
+    mass = (att[:, None] * frac).flatten(2).sum(-1)
+    total = mass.sum(-1, keepdim=True)
+    return torch.where(total > 0, mass / total.clamp_min(1e-12), torch.full_like(mass, 1.0 / k))
+
+
+class Steered:
+    """One model behind one call, ``(logits, attention map)`` for a prior of class ids (``None``: the learned
+    prompt, or nothing for Feedback and plain models); the map is the top-down token norms after ``depth``
+    blocks (PerceiverIO, Feedback-less plain models: the only pass's), with the release's display
+    normalisation. Class priors are the model's own: classifier rows or its learned ``prior_table``."""
+
+    def __init__(self, model, depth: Optional[int] = None, source: str = 'classifier'):
+        self.model = model
+        self.top_down = hasattr(model, 'inspect')
+        n_blocks = model.num_td_blocks() if self.top_down else len(model.blocks)
+        self.depth = max(1, round(0.75 * n_blocks)) if depth is None else depth
+        self.priors = engine.BatchPriors(model, source) if engine.takes_prior(model) else None
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, classes: Optional[torch.Tensor] = None, alpha: Optional[float] = None,
+                 depth: Optional[int] = None):
+        depth = self.depth if depth is None else depth
+        if not self.top_down:
+            feats = self.model.forward_intermediates(x, indices=[depth - 1], intermediates_only=True)[0]
+            return self.model(x), normalize_map(feats.norm(dim=1)), None
+        prior = self.priors(classes) if (self.priors is not None and classes is not None) else None
+        out = self.model.inspect(x, prior=prior, alpha=alpha if prior is not None else None, depth=depth)
+        att = out['top_down'] if out['top_down'] is not None else out['bottom_up']
+        return out['logits'], normalize_map(att), out['prior_mask']
+
+
+def mean_se(per_composite: torch.Tensor) -> Dict[str, float]:
+    """Mean over composites and its standard error (composites are the independent units)."""
+    v = per_composite.double()
+    se = float(v.std(unbiased=True) / np.sqrt(len(v))) if len(v) > 1 else float('nan')
+    return {'mean': float(v.mean()), 'se': se}
+
+
+@torch.no_grad()
+def measure_composites(steer: Steered, comp: Dict[str, torch.Tensor], alphas: Sequence[float],
+                       batch_size: int = 250) -> Dict:
+    """(a) prior accuracy, (b) attention share on the prior's item, (c) absent-prior echo, each per alpha and
+    for the no-prior baseline (the model's own output scored against the same class and item), as mean and
+    standard error over composites; plus the prior masks' share on their item and the share by depth."""
+    x, classes, boxes, absent = comp['x'], comp['classes'], comp['boxes'], comp['absent']
+    n, k = classes.shape
+    hw = tuple(x.shape[-2:])
+    keys = ['base_acc', 'base_share', 'base_echo', 'mask_share'] + [f'{m}@{a:g}' for a in alphas
+                                                                    for m in ('acc', 'share', 'echo')]
+    rows = {key: [] for key in keys}
+    depth_share = {d: [] for d in range(1, _blocks(steer) + 1)}
+    for s in range(0, n, batch_size):
+        xb, cb, bb, ab = x[s:s + batch_size], classes[s:s + batch_size], boxes[s:s + batch_size], absent[s:s + batch_size]
+        logits0, att0, _ = steer(xb)
+        pred0, share0 = logits0.argmax(-1), item_shares(att0, bb, hw)
+        rows['base_acc'].append((pred0[:, None] == cb).float().mean(1))
+        rows['base_share'].append(share0.mean(1))  # = 1/k: the item named is each item in turn
+        rows['base_echo'].append((pred0 == ab).float())
+        masks = []
+        for a in alphas:
+            hits, shares = [], []
+            for j in range(k):
+                logits, att, mask = steer(xb, cb[:, j], a)
+                hits.append(logits.argmax(-1) == cb[:, j])
+                shares.append(item_shares(att, bb, hw)[:, j])
+                if a == alphas[0] and mask is not None:
+                    masks.append(item_shares(mask, bb, hw)[:, j])
+            rows[f'acc@{a:g}'].append(torch.stack(hits, 1).float().mean(1))
+            rows[f'share@{a:g}'].append(torch.stack(shares, 1).mean(1))
+            rows[f'echo@{a:g}'].append((steer(xb, ab, a)[0].argmax(-1) == ab).float())
+        rows['mask_share'].append(torch.stack(masks, 1).mean(1) if masks else torch.full((len(xb),), float('nan')))
+        for d in depth_share:  # where along the blocks the prior moves attention (alpha = alphas[0])
+            per_item = [item_shares(steer(xb, cb[:, j], alphas[0], depth=d)[1], bb, hw)[:, j] for j in range(k)]
+            depth_share[d].append(torch.stack(per_item, 1).mean(1))
+    cat = {key: torch.cat(v) for key, v in rows.items()}
+    res = {'n': n, 'items': k, 'baseline': {m: mean_se(cat[f'base_{m}']) for m in ('acc', 'share', 'echo')},
+           'alphas': {f'{a:g}': {m: mean_se(cat[f'{m}@{a:g}']) for m in ('acc', 'share', 'echo')} for a in alphas},
+           'mask_share': None if torch.isnan(cat['mask_share']).all() else mean_se(cat['mask_share']),
+           'share_by_depth': {str(d): mean_se(torch.cat(v)) for d, v in depth_share.items()}}
+    return res
+
+
+def _blocks(steer: Steered) -> int:
+    return steer.model.num_td_blocks() if steer.top_down else len(steer.model.blocks)
+
+
+@torch.no_grad()
+def single_image_accuracy(model, images: torch.Tensor, labels: torch.Tensor, transform,
+                          batch_size: int = 500) -> Dict[str, float]:
+    """(d) accuracy on ordinary single test images (the learned prompt) through the run's evaluation
+    transform, with its standard error."""
+    hits = []
+    for s in range(0, len(labels), batch_size):
+        x = torch.stack([transform(img) for img in images[s:s + batch_size]])
+        hits.append((model(x).argmax(-1) == labels[s:s + batch_size]).float())
+    return mean_se(torch.cat(hits))
+
+
+def measure_run(name: str, path: str, test_x: torch.Tensor, test_y: torch.Tensor, args) -> Dict:
+    """Everything measured for one checkpoint of main.py (see ``measure_composites``)."""
+    model, settings = load_run(path)
+    steer = Steered(model, args.depth, settings['prior_source'])
+    transform = run_transform(settings)
+    fill = [-m / s for m, s in zip(settings['mean'], settings['std'])]
+    grid = int(settings.get('composite_grid') or 2)
+    t0 = time.time()
+    res = {'checkpoint': str(path), 'settings': settings, 'depth': steer.depth, 'takes_prior': steer.priors is not None,
+           'train_seconds': _train_seconds(path), 'composites': {}}
+    for k in args.items:
+        comp = grid_composites(test_x, test_y, k, args.n_composites, grid, transform, fill, args.seed)
+        res['composites'][str(k)] = measure_composites(steer, comp, args.alphas)
+    res['single'] = single_image_accuracy(model, test_x[:args.n_single], test_y[:args.n_single], transform)
+    res['eval_seconds'] = round(time.time() - t0, 1)
+    return res
+
+
+def _train_seconds(checkpoint: str) -> Optional[float]:
+    """Training time of a run: the ``epoch_time``s of the log.txt next to its checkpoint."""
+    log = Path(checkpoint).parent / 'log.txt'
+    if not log.is_file():
+        return None
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return round(sum(r.get('epoch_time', 0.0) for r in lines if 'epoch' in r and r.get('mode') != 'eval'), 1)
+
+
+def _pm(m: Optional[Dict]) -> str:
+    return '–' if m is None else f"{m['mean']:.3f} ± {m['se']:.3f}"
+
+
+def runs_table(results: Dict[str, Dict], alphas: Optional[Sequence[str]] = None) -> str:
+    """One row per model, item count and alpha: (a) prior accuracy, (b) attention share on the prior's item,
+    (c) absent-prior echo, each next to its no-prior baseline; (d) single-image accuracy; training time."""
+    lines = ['| model | train (wall) | single acc (d) | items | α | prior acc (a) | no prior (a) | attn share (b) | '
+             'no prior (b) | absent echo (c) | no prior (c) |', '|' + '---|' * 11]
+    for name, r in results.items():
+        t = r.get('train_seconds')
+        train = f'{t / 60:.1f} min' if t else '–'
+        for k, c in r['composites'].items():
+            b = c['baseline']
+            for a, m in c['alphas'].items():
+                if alphas is not None and a not in alphas:
+                    continue
+                lines.append(f"| {name} | {train} | {_pm(r['single'])} | {k} | {a} | {_pm(m['acc'])} | "
+                             f"{_pm(b['acc'])} | {_pm(m['share'])} | {_pm(b['share'])} | {_pm(m['echo'])} | "
+                             f"{_pm(b['echo'])} |")
+    return '\n'.join(lines)
+
+
+def depth_table(results: Dict[str, Dict]) -> str:
+    """Diagnostics at the first alpha: the prior mask's share on its item (pass-1 top tokens) and the top-down
+    attention share on the prior's item after each block."""
+    any_r = next(iter(results.values()))
+    k0 = next(iter(any_r['composites']))
+    depths = list(any_r['composites'][k0]['share_by_depth'])
+    lines = ['| model | items | prior mask on its item | ' + ' | '.join(f'attn share, block {d}' for d in depths) + ' |',
+             '|' + '---|' * (3 + len(depths))]
+    for name, r in results.items():
+        for k, c in r['composites'].items():
+            cells = [_pm(c['share_by_depth'].get(d)) for d in depths]
+            lines.append(f"| {name} | {k} | {_pm(c['mask_share'])} | " + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def plot_runs(results: Dict[str, Dict], path: Path) -> Path:
+    """(a), (b), (c) against alpha, one row per item count; dashed: each model's no-prior baseline."""
+    ks = list(next(iter(results.values()))['composites'])
+    fig = Figure(figsize=(13, 3.4 * len(ks) + 0.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(ks), 3, squeeze=False)
+    titles = {'acc': '(a) predicted class = prior class', 'share': "(b) top-down attention on the prior's item",
+              'echo': '(c) absent prior: predicts the absent class'}
+    for row, k in zip(axes, ks):
+        for (name, r), color in zip(results.items(), [f'C{i}' for i in range(10)]):
+            c = r['composites'][k]
+            alphas = [float(a) for a in c['alphas']]
+            for ax, key in zip(row, titles):
+                ys = [m[key]['mean'] for m in c['alphas'].values()]
+                es = [m[key]['se'] for m in c['alphas'].values()]
+                ax.errorbar(alphas, ys, yerr=es, fmt='o-', color=color, label=name, ms=3, capsize=2)
+                ax.axhline(c['baseline'][key]['mean'], color=color, ls='--', lw=0.8)
+        for ax, key in zip(row, titles):
+            ax.set_xscale('log')
+            ax.set_xlabel('α')
+            ax.set_ylim(0, 1.02)
+            ax.set_title(f'{titles[key]}, {k} items', fontsize=9)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc='lower left')
+    fig.text(0.5, 0.005, "dashed: the model's no-prior baseline; bars: one standard error", ha='center', fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def _panel(ax, img, title=None, xlabel=None, cmap=None):
+    ax.imshow(img, cmap=cmap, interpolation='nearest')
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+    if xlabel:
+        ax.set_xlabel(xlabel, fontsize=7)
+
+
+@torch.no_grad()
+def plot_run_examples(steer: Steered, comps: Sequence[Dict[str, torch.Tensor]], path: Path, alpha: float = 1.0,
+                      title: str = 'AbSViT') -> Path:
+    """One row per composite: the image, bottom-up attention (and the no-prior prediction), then for each
+    item's class prior and for an absent class's prior: the prior's token mask and top-down attention, with
+    the prediction (✓: the prior's class; for the absent prior ✓ means it did NOT predict that class)."""
+    rows = [(c['x'][i:i + 1], c['classes'][i], int(c['absent'][i])) for c in comps for i in range(len(c['x']))]
+    kmax = max(len(cls) for _, cls, _ in rows)
+    cols = 2 + 2 * (kmax + 1)
+    fig = Figure(figsize=(1.3 * cols, 1.75 * len(rows) + 0.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for ax_row, (x, cls, absent) in zip(axes, rows):
+        for ax in ax_row:
+            ax.axis('off')
+        bottom_up = steer.model.inspect(x, depth=steer.depth)
+        _panel(ax_row[0], x[0, 0].numpy(), 'image', ' | '.join(CLASSES[int(c)] for c in cls), cmap='gray')
+        _panel(ax_row[1], normalize_map(bottom_up['bottom_up'])[0].numpy(), 'bottom-up',
+               f"no prior: {CLASSES[int(steer(x)[0].argmax())]}")
+        priors = [(int(c), f'prior {CLASSES[int(c)]}') for c in cls] + [(absent, f'absent: {CLASSES[absent]}')]
+        for j, (c, label) in enumerate(priors):
+            slot = 2 + 2 * (j if j < len(cls) else kmax)
+            logits, att, mask = steer(x, torch.tensor([c]), alpha)
+            pred = int(logits.argmax())
+            ok = (pred == c) if j < len(cls) else (pred != c)
+            ax_row[slot].axis('on')
+            ax_row[slot + 1].axis('on')
+            _panel(ax_row[slot], mask[0].numpy() if mask is not None else np.zeros(att.shape[-2:]), f'mask: {label}')
+            _panel(ax_row[slot + 1], att[0].numpy(), 'top-down', f"{CLASSES[pred]} {'✓' if ok else '✗'}")
+        ax_row[0].axis('on')
+        ax_row[1].axis('on')
+    fig.suptitle(f'{title}: one prior per item and one naming an absent class (α={alpha:g}, maps after block '
+                 f'{steer.depth} of {_blocks(steer)}; under each map the prediction)', fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+@torch.no_grad()
+def plot_alpha_sweep(steer: Steered, comp: Dict[str, torch.Tensor], path: Path, alphas: Sequence[float],
+                     title: str = 'AbSViT') -> Path:
+    """The paper's Fig. 8 for one composite: top-down attention as alpha grows, one row per item's prior."""
+    x, cls = comp['x'][:1], comp['classes'][0]
+    fig = Figure(figsize=(1.5 * (len(alphas) + 1), 1.8 * len(cls) + 0.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(cls), len(alphas) + 1, squeeze=False)
+    for row, c in zip(axes, cls):
+        _panel(row[0], x[0, 0].numpy(), None, f'prior: {CLASSES[int(c)]}', cmap='gray')
+        for ax, a in zip(row[1:], alphas):
+            logits, att, _ = steer(x, c.reshape(1), a)
+            _panel(ax, att[0].numpy(), f'α = {a:g}', f'pred {CLASSES[int(logits.argmax())]}')
+    fig.suptitle(f'{title}: top-down attention against α (block {steer.depth})', fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def parse_runs(items: Sequence[str]) -> Dict[str, str]:
+    """``NAME=PATH`` pairs (NAME any label, e.g. AbSViT) in the given order; PATH a main.py checkpoint, or
+    the ``runs.json`` of an earlier ``--runs`` measurement of one run (reused: tables and figures of
+    runs measured one at a time)."""
+    out = {}
+    for item in items:
+        if '=' not in item or not item.split('=', 1)[0] or not item.split('=', 1)[1]:
+            raise DemoError(f"--runs takes NAME=CHECKPOINT (a main.py checkpoint), got '{item}'")
+        name, path = item.split('=', 1)
+        out[name] = path
+    return out
+
+
+def main_runs(args, test_x: torch.Tensor, test_y: torch.Tensor, out: Path) -> None:
+    """``--runs``: measure main.py checkpoints; write runs.json, runs_table.md, runs.png and, for the first
+    run, the example and alpha-sweep figures."""
+    results = {}
+    for name, path in parse_runs(args.runs).items():
+        if path.endswith('.json'):  # an earlier --runs measurement of this run: reused as it is
+            results[name] = next(iter(json.loads(Path(path).read_text())['results'].values()))
+            continue
+        r = results[name] = measure_run(name, path, test_x, test_y, args)
+        c1 = {k: c['alphas'][f'{args.alphas[0]:g}'] for k, c in r['composites'].items()}
+        print(f"{name}: single {_pm(r['single'])}; " + '; '.join(
+            f"{k} items α={args.alphas[0]:g}: acc {_pm(m['acc'])}, share {_pm(m['share'])}, echo {_pm(m['echo'])}"
+            for k, m in c1.items()) + f" ({r['eval_seconds']} s)", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {'n_composites': args.n_composites, 'items': args.items, 'seed': args.seed, 'alphas': args.alphas,
+            'n_single': args.n_single}
+    (out / 'runs.json').write_text(json.dumps({'meta': meta, 'results': results}, indent=1))
+    summary = runs_table(results, [f'{args.alphas[0]:g}'])
+    text = (f'{summary}\n\nα sweep:\n\n{runs_table(results)}\n\nDiagnostics (α = {args.alphas[0]:g}):\n\n'
+            f'{depth_table(results)}\n')
+    (out / 'runs_table.md').write_text(text)
+    plot_runs(results, out / 'runs.png')
+    name, path = next(iter(results.items()))[0], next(iter(results.values()))['checkpoint']
+    model, settings = load_run(path)
+    steer = Steered(model, args.depth, settings['prior_source'])
+    if steer.top_down and args.examples > 0:
+        transform = run_transform(settings)
+        fill = [-m / s for m, s in zip(settings['mean'], settings['std'])]
+        grid = int(settings.get('composite_grid') or 2)
+        comps = [grid_composites(test_x, test_y, k, args.examples, grid, transform, fill, args.seed + 1)
+                 for k in args.items]
+        plot_run_examples(steer, comps, out / 'examples.png', args.example_alpha, name)
+        plot_alpha_sweep(steer, comps[-1], out / 'alpha_sweep.png', args.alphas, name)
+    print(f'\n{text}\nwrote {out / "runs.json"}, {out / "runs_table.md"}, {out / "runs.png"}')
+
+
 # -- CLI ------------------------------------------------------------------------------------------
 
 def parse_checkpoints(items: Sequence[str]) -> Dict[str, Tuple[str, str]]:
@@ -382,6 +784,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--train', action='store_true', help='train the models here (same recipe), then measure')
     src.add_argument('--checkpoints', nargs='+', metavar='MODE=PATH', help='measure these checkpoints')
+    src.add_argument('--runs', nargs='+', metavar='NAME=CHECKPOINT',
+                     help='measure checkpoints of main.py (e.g. prior-conditioned training) on grid composites of '
+                          '--items items: prior accuracy, attention share on the item, absent-prior echo, '
+                          'single-image accuracy; a runs.json of an earlier measurement of one run is reused')
+    p.add_argument('--items', type=int, nargs='+', default=[2, 3], help='--runs: items per test composite')
     p.add_argument('--modes', nargs='+', default=list(MODES.values()), choices=list(MODES.values()),
                    help='which models to train (with --train)')
     p.add_argument('--epochs', type=int, default=1, help='training epochs per model')
@@ -392,7 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='share of training samples that are two images side by side (soft 0.5/0.5 target); '
                         '0: single images only')
     p.add_argument('--train-limit', type=int, default=None, help='train on the first N training images only')
-    p.add_argument('--n-composites', type=int, default=1000)
+    p.add_argument('--n-composites', type=int, default=None, help='test composites (default 1000; --runs: 500 '
+                                                                       'per item count)')
     p.add_argument('--n-single', type=int, default=10000, help='test images for the single-object accuracy')
     p.add_argument('--alphas', type=float, nargs='+', default=list(ALPHAS))
     p.add_argument('--depth', type=int, default=None,
@@ -404,7 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out-dir', default='output/controllability',
                    help='checkpoints, results.json, table.md, figures')
     p.add_argument('--examples', type=int, default=4, help='composites in the example figure (0: none)')
-    p.add_argument('--example-alpha', type=float, default=10.0)
+    p.add_argument('--example-alpha', type=float, default=None,
+                   help='alpha of the example figure (default 10; --runs: the first of --alphas)')
     return p
 
 
@@ -415,6 +824,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out_dir)
     try:
         test_x, test_y = load_split(False, args.data_path)
+        if args.runs:
+            args.n_composites = args.n_composites or 500
+            args.example_alpha = args.alphas[0] if args.example_alpha is None else args.example_alpha
+            main_runs(args, test_x, test_y, out)
+            return 0
+        args.n_composites = args.n_composites or 1000
+        args.example_alpha = 10.0 if args.example_alpha is None else args.example_alpha
         x, yl, yr, (il, ir) = make_composites(test_x, test_y, args.n_composites, args.seed)
         if args.train:
             train_x, train_y = load_split(True, args.data_path, args.train_limit)
