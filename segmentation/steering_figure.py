@@ -25,7 +25,7 @@ if ROOT not in sys.path:
 
 from errors import UserError  # noqa: E402
 from models.checkpoint import CheckpointError, load_checkpoint_file, select_state_dict  # noqa: E402
-from segmentation.steering import class_prior, steering_effect  # noqa: E402
+from segmentation.steering import prior_from_outputs, steering_effect, final_map_and_logits  # noqa: E402
 
 __all__ = ['load_image', 'change_share', 'steering_rows', 'draw', 'main']
 
@@ -67,14 +67,16 @@ def _inputs(segmentor, image: np.ndarray) -> torch.Tensor:
 
 
 def steering_rows(segmentor, image: np.ndarray, n_classes: int, alpha: float) -> Dict:
-    """The learned-prompt prediction and, for the ``n_classes`` largest predicted classes, their steering."""
+    """The learned-prompt prediction and, for the ``n_classes`` largest predicted classes, their steering
+    (the learned-prompt forward runs once and serves every prior)."""
     x = _inputs(segmentor, image)
-    base = steering_effect(segmentor, x, segmentor.backbone.vit.prompt.detach())
-    pred = base['pred'][0]
+    baseline = final_map_and_logits(segmentor, x)
+    pred = baseline[1].argmax(1)[0]
     ids, counts = pred.unique(return_counts=True)
     rows = []
     for k in ids[counts.argsort(descending=True)][:n_classes].tolist():
-        effect = steering_effect(segmentor, x, class_prior(segmentor, x, k), alpha=alpha)
+        prior = prior_from_outputs(*baseline, k)
+        effect = steering_effect(segmentor, x, prior, alpha=alpha, baseline=baseline)
         change = effect['feature_change'][0]
         region = F.interpolate((pred == k)[None, None].float(), size=change.shape, mode='area')[0, 0]
         inside, area = change_share(change, region)
@@ -133,8 +135,8 @@ def read_weights(checkpoint: str, trusted: bool) -> dict:
     if not osp.isfile(checkpoint):
         raise UserError(f'checkpoint not found: {checkpoint}')
     if trusted:
-        from mmengine.runner.checkpoint import _load_checkpoint
-        return select_state_dict(_load_checkpoint(checkpoint, map_location='cpu'))[0]
+        from mmengine.runner import CheckpointLoader
+        return select_state_dict(CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu'))[0]
     try:
         return select_state_dict(load_checkpoint_file(checkpoint))[0]
     except CheckpointError as e:

@@ -76,3 +76,16 @@ def test_steering_figure_writes_the_figure_and_refuses_pickled_training_state(tm
     from errors import UserError
     with pytest.raises(UserError, match='--trusted'):
         steering_figure.read_weights(str(tmp_path / 'pickled.pth'), trusted=False)
+
+
+def test_a_reused_baseline_gives_the_same_effect_and_prior():
+    from segmentation.steering import final_map_and_logits, prior_from_outputs
+    model = tiny_segmentor()
+    images = torch.randn(2, 3, 64, 64)
+    baseline = final_map_and_logits(model, images)
+    k = int(baseline[1].argmax(1)[0, 0, 0])
+    prior = class_prior(model, images, k)
+    assert torch.equal(prior_from_outputs(*baseline, k), prior)
+    fresh, reused = steering_effect(model, images, prior, 10), steering_effect(model, images, prior, 10, baseline)
+    assert fresh['feature_change'].mean() > 0.05
+    assert all(torch.equal(fresh[key], reused[key]) for key in fresh)
