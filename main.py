@@ -242,23 +242,10 @@ def wrap_composites(args, dataset, num_classes: int):
     return wrapped
 
 
-class ShardSampler(torch.utils.data.Sampler):
-    """Evaluation shard of one process: indices rank, rank + world, ... (no padding, no duplicates)."""
-
-    def __init__(self, n: int, rank: int, world: int):
-        self.indices = list(range(rank, n, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-
 def eval_loader(dataset, args, device: torch.device) -> DataLoader:
     """Sequential loader over this process's shard of an evaluation set (``engine.evaluate`` sums the
     counts over processes); also what the robustness benchmarks evaluate with."""
-    return DataLoader(dataset, sampler=ShardSampler(len(dataset), misc.get_rank(), misc.get_world_size()),
+    return DataLoader(dataset, sampler=misc.ShardSampler(len(dataset), misc.get_rank(), misc.get_world_size()),
                       batch_size=args.eval_batch_size, num_workers=args.num_workers,
                       pin_memory=args.pin_mem and device.type == 'cuda', drop_last=False)
 

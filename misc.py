@@ -69,6 +69,30 @@ def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_gather_objects(obj: Any) -> List[Any]:
+    """Every process's ``obj`` (picklable; lengths may differ), as a list indexed by rank; ``[obj]`` without
+    a process group (collective: every rank must call it)."""
+    if not is_dist():
+        return [obj]
+    out: List[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation shard of one process: indices rank, rank + world, ... (no padding, no duplicates, unlike
+    ``DistributedSampler``), so per-rank sums add up to the whole set exactly once."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
 def init_distributed(args) -> torch.device:
     """Start the process group when launched by torchrun; set ``args.distributed``, ``rank``,
     ``world_size``, ``local_rank``, and return the device for this process.

@@ -96,9 +96,18 @@ class VQATask:
     def loss_module(self, model, args):
         return VQALoss(model, args.var_weight, args.prior_weight)
 
+    #: What ``_eval_batch`` may report (the steering diagnostics only for AbSViT, on batches of two or more).
+    EVAL_STATS = ('vqa_score', 'mask_positive', 'mask_mean', 'swap_answer_change', 'swap_score_drop')
+
     @torch.no_grad()
     def evaluate(self, model: VLModel, args, device, amp_dtype, collate) -> Dict[str, float]:
-        """VQA score on a split with answers (and the diagnostics); answers JSON for a test split."""
+        """VQA score on a split with answers (and the diagnostics); answers JSON for a test split.
+
+        Under torchrun each process scores its shard (questions rank, rank + world, ...); the sums and counts
+        are all-reduced, so every process returns the metrics of the whole split (``n``: questions scored),
+        and the results file is gathered and written once, by rank 0, in the split's order. The swap
+        diagnostic steers each question by another question of its batch, so it depends on the batching
+        (and the world size); the VQA score and the mask statistics do not."""
         if not self.eval_items:
             return {}
         from vision_language.train import make_loader
@@ -106,22 +115,35 @@ class VQATask:
         loader = make_loader(VQADataset(items, self.vocab, image_transform(args.image_size, False)), args, False, 0,
                              collate)
         model.eval()
-        sums: Dict[str, float] = {}
+        # per statistic: the sum over questions of its batch means x batch sizes, and the questions it covers
+        sums = torch.zeros(2, len(self.EVAL_STATS), dtype=torch.float64)
         qids: List[int] = []
         preds: List[str] = []
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, amp_dtype):
                 for k, v in self._eval_batch(model, batch, qids, preds).items():
-                    sums[k] = sums.get(k, 0.0) + v * batch['images'].shape[0]
+                    i = self.EVAL_STATS.index(k)
+                    sums[0, i] += v * batch['images'].shape[0]
+                    sums[1, i] += batch['images'].shape[0]
         model.train()
-        n = len(items)
-        if args.results_json and misc.is_main_process():
-            write_results(args.results_json, qids, preds)
+        sums = misc.all_reduce_sum(sums.to(device)).cpu()
+        per_rank = torch.zeros(misc.get_world_size(), dtype=torch.long)
+        per_rank[misc.get_rank()] = len(qids)
+        per_rank = misc.all_reduce_sum(per_rank.to(device)).tolist()
+        _logger.info(f'VQA evaluation of {args.eval_split}: {sum(per_rank)} questions, '
+                     f'{" + ".join(map(str, per_rank))} on {len(per_rank)} process(es)')
+        if args.results_json:
+            shards = misc.all_gather_objects((qids, preds))
+            if misc.is_main_process():
+                qids, preds = _merge_shards(shards, [it.question_id for it in items])
+                write_results(args.results_json, qids, preds)
         has_answers = any(it.answers for it in items)
-        out = {k: v / n for k, v in sums.items() if has_answers or k != 'vqa_score'}
+        out = {k: sums[0, i].item() / sums[1, i].item() for i, k in enumerate(self.EVAL_STATS)
+               if sums[1, i] > 0 and (has_answers or k != 'vqa_score')}
         if 'vqa_score' in out:
             out['vqa_score'] *= 100.0
+        out['n'] = int(sums[1, 0].item())
         return out
 
     def _eval_batch(self, model: VLModel, batch, qids, preds) -> Dict[str, float]:
@@ -187,6 +209,21 @@ class FlickrTask:
         r['rsum'] = sum(r.values())
         r['eval_seconds_per_1k_x_5k'] = seconds * 5e6 / max(1, n_img * len(keep))
         return r
+
+
+def _merge_shards(shards, order: List[int]):
+    """The processes' ``(question ids, answers)`` as one list in ``order`` (the split's), each question once."""
+    answer = {}
+    for ids, answers in shards:
+        for q, a in zip(ids, answers):
+            if q in answer:
+                raise RuntimeError(f'question {q} was evaluated twice')
+            answer[q] = a
+    missing = [q for q in order if q not in answer]
+    if missing or len(answer) != len(order):
+        raise RuntimeError(f'{len(missing)} questions were not evaluated (e.g. {missing[:3]}); '
+                           f'{len(answer)} answers for {len(order)} questions')
+    return order, [answer[q] for q in order]
 
 
 def build_task(args):

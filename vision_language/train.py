@@ -139,11 +139,13 @@ def build_tokenizer(args):
 
 
 def make_loader(dataset, args, train: bool, epoch: int, collate) -> DataLoader:
-    """Shuffled by a generator seeded with (seed, epoch): the order of an epoch does not depend on what
-    ran before it, which exact resume needs."""
+    """Training: shuffled by a generator seeded with (seed, epoch): the order of an epoch does not depend on
+    what ran before it, which exact resume needs. Evaluation: in order, this process's shard only (samples
+    rank, rank + world, ...: no padding, no duplicates; the caller reduces over the processes)."""
     per = args.per_device_batch
     if not train:
-        return DataLoader(dataset, batch_size=per, shuffle=False, num_workers=args.num_workers, collate_fn=collate)
+        sampler = misc.ShardSampler(len(dataset), misc.get_rank(), misc.get_world_size())
+        return DataLoader(dataset, batch_size=per, sampler=sampler, num_workers=args.num_workers, collate_fn=collate)
     if misc.is_dist():
         sampler = DistributedSampler(dataset, seed=args.seed, drop_last=True)
         sampler.set_epoch(epoch)
@@ -239,7 +241,13 @@ def run(args) -> Dict[str, float]:
     if misc.is_dist():
         loss_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == 'cuda' else None)
     if args.eval_only:
-        return task.evaluate(model, args, device, amp_dtype, collate)
+        stats = task.evaluate(model, args, device, amp_dtype, collate)
+        if misc.is_main_process():
+            record = {'eval_only': True, 'world_size': misc.get_world_size(),
+                      **{f'eval_{k}': v for k, v in stats.items()}}
+            misc.append_json_line(os.path.join(args.output_dir, 'log.txt'), record)
+            _logger.info(json.dumps(record))
+        return stats
     tb = None
     if misc.is_main_process():
         from torch.utils.tensorboard import SummaryWriter
