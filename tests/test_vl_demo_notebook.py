@@ -27,7 +27,7 @@ def test_notebook_executes_and_the_mask_moves_with_the_question(tmp_path, monkey
         'display_name': 'Python 3 (tests)', 'language': 'python'}))
     for var, value in {'JUPYTER_PATH': tmp_path / 'jupyter', 'JUPYTER_RUNTIME_DIR': tmp_path / 'runtime',
                        'IPYTHONDIR': tmp_path / 'ipython', 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg',
-                       'VL_DEMO_STEPS': '40', 'VL_DEMO_SCENES': '100', 'VL_DEMO_OUT': tmp_path / 'out'}.items():
+                       'VL_DEMO_STEPS': '40', 'VL_DEMO_PRETRAIN_STEPS': '20', 'VL_DEMO_SCENES': '100', 'VL_DEMO_OUT': tmp_path / 'out'}.items():
         monkeypatch.setenv(var, str(value))
     nb = nbformat.read(ROOT / 'vision_language' / 'attention.ipynb', as_version=4)
     assert all(not c.get('outputs') for c in nb.cells if c.cell_type == 'code'), 'commit the notebook without outputs'
