@@ -165,12 +165,35 @@ def create_model(args, num_classes: int) -> nn.Module:
         kwargs['td_mode'] = args.td_mode
     if getattr(args, 'pretrained', False):
         kwargs['pretrained'] = True
+    kwargs.update(checked_model_kwargs(getattr(args, 'model_kwargs', None)))
     try:
         return timm.create_model(name, **kwargs)
     except TypeError as e:
         if 'td_mode' in kwargs and 'td_mode' in str(e):
             raise UserError(f'--td-mode applies to top-down (AbS) models; {name} has none') from None
+        if args.model_kwargs:
+            raise UserError(f'{name} does not take --model-kwargs {args.model_kwargs}: {e}') from None
         raise
+
+
+#: timm.create_model arguments that main.py's own flags set (the number of classes comes from the data)
+FLAG_KWARGS = {'num_classes': '--data-set', 'img_size': '--input-size', 'in_chans': '--in-chans',
+               'td_mode': '--td-mode', 'drop_rate': '--drop', 'drop_path_rate': '--drop-path',
+               'pretrained': '--pretrained'}
+
+
+def checked_model_kwargs(extra) -> dict:
+    """``--model-kwargs`` (a mapping, from the command line or a config), refusing any argument a flag of
+    its own sets (``img_size`` is ``--input-size``, ...), so that one setting has one place."""
+    if not extra:
+        return {}
+    if not isinstance(extra, dict):
+        raise UserError(f'--model-kwargs must be KEY=VALUE pairs (a mapping in a config), got {extra!r}')
+    clash = sorted(set(extra) & set(FLAG_KWARGS))
+    if clash:
+        raise UserError(f'--model-kwargs sets {", ".join(clash)}, which a flag of its own sets: use '
+                        + ', '.join(FLAG_KWARGS[k] for k in clash))
+    return dict(extra)
 
 
 def resolve_data_args(args, model: nn.Module) -> None:
@@ -194,7 +217,8 @@ def build_model(args, rt: Runtime) -> Tuple[nn.Module, int, int]:
     resolve_data_args(args, model)
     attach_priors(args, model, num_classes)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    _logger.info(f'{"evaluating" if args.eval else "training"} {args.model} ({n_params / 1e6:.2f}M parameters, '
+    extra = ''.join(f' {k}={v}' for k, v in (args.model_kwargs or {}).items())
+    _logger.info(f'{"evaluating" if args.eval else "training"} {args.model}{extra} ({n_params / 1e6:.2f}M parameters, '
                  f'{"top-down" if getattr(model, "is_top_down", False) else "bottom-up"}) on {args.data_set} '
                  f'({num_classes} classes, {args.input_size}px, {args.in_chans} channel(s)); device {rt.device}, '
                  f'world size {rt.world}' + (f' ({args.dist_backend})' if args.distributed else '')

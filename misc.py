@@ -198,12 +198,16 @@ def save_atomic(obj: Any, path: str) -> None:
 
 
 def plain_args(args) -> Dict[str, Any]:
-    """``vars(args)`` with only JSON/weights_only-safe values (tuples become lists, paths strings)."""
-    out = {}
-    for k, v in vars(args).items():
-        if isinstance(v, (tuple, list)):
-            v = [x if isinstance(x, (int, float, str, bool)) or x is None else str(x) for x in v]
-        elif not (isinstance(v, (int, float, str, bool)) or v is None):
-            v = str(v)
-        out[k] = v
-    return out
+    """``vars(args)`` with only JSON/weights_only-safe values (tuples become lists, paths strings; mappings
+    such as ``--model-kwargs`` stay mappings of such values)."""
+    return {k: _plain(v) for k, v in vars(args).items()}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (tuple, list)):
+        return [x if isinstance(x, (int, float, str, bool)) or x is None else str(x) for x in v]
+    return str(v)

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional
 
 import torch
 import yaml
+from timm.utils import ParseKwargs
 
 import datasets
 import models
@@ -78,6 +79,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument('--model', default=None, help=f'timm model name {_BY_RECIPE}')
     g.add_argument('--td-mode', default=None, choices=list(models.TD_MODES),
                    help='top-down mode of AbS models (abs = AbSViT; others: the paper\'s comparisons)')
+    g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+                   help="more timm.create_model arguments, as timm's train.py takes them (e.g. patch_size=8 "
+                        'depth=2); a YAML config gives a mapping. Recorded in the checkpoint\'s args')
     g.add_argument('--input-size', type=int, default=None, help='image size (default: the model\'s)')
     g.add_argument('--in-chans', type=int, default=None, help='image channels (default: the model\'s)')
     g.add_argument('--drop', type=float, default=0.0, help='dropout rate')

@@ -64,7 +64,8 @@ def read_fmnist(split: str = 'test') -> Tuple[np.ndarray, np.ndarray]:
 # -- models and checkpoints -----------------------------------------------------------------------
 
 def checkpoint_meta(checkpoint: dict) -> Dict[str, object]:
-    """What a checkpoint says about its model: ``model``, ``td_mode``, ``img_size`` (when recorded).
+    """What a checkpoint says about its model: ``model``, ``td_mode``, ``img_size``, ``model_kwargs``
+    (main.py's ``--model-kwargs``), when recorded.
 
     Reads ``demo`` (written by demo/controllability.py) and ``args`` (argparse Namespace or dict, as
     main.py and the releases store them).
@@ -74,8 +75,8 @@ def checkpoint_meta(checkpoint: dict) -> Dict[str, object]:
     if args is not None and not isinstance(args, dict):
         args = vars(args)
     for src in (args or {}), checkpoint.get('demo') or {}:
-        for key in ('model', 'td_mode'):
-            if src.get(key) is not None:
+        for key in ('model', 'td_mode', 'model_kwargs'):
+            if src.get(key):
                 meta[key] = src[key]
         size = src.get('img_size') or src.get('input_size')
         if size is not None:
@@ -114,6 +115,7 @@ def load_model(name: str, checkpoint: Optional[str], td_mode: Optional[str] = No
             raise DemoError(f"{checkpoint} records td_mode '{meta['td_mode']}', not '{td_mode}'")
         td_mode = td_mode or meta.get('td_mode')
         img_size = img_size or meta.get('img_size')
+        kwargs.update(meta.get('model_kwargs') or {})  # main.py --model-kwargs
         sd = ckpt.get('model', ckpt.get('state_dict', ckpt)) if isinstance(ckpt, dict) else {}
         head = sd.get('head.weight') if isinstance(sd, dict) else None
         if isinstance(head, torch.Tensor) and head.dim() == 2:

@@ -399,6 +399,7 @@ def load_run(path: str):
         kwargs['img_size'] = int(args['input_size'])
     if args.get('td_mode'):
         kwargs['td_mode'] = args['td_mode']
+    kwargs.update(args.get('model_kwargs') or {})  # main.py --model-kwargs (patch size, depth, ...)
     model = timm.create_model(args['model'], **kwargs)
     if 'prior_table' in sd:
         engine.attach_prior_table(model, sd['prior_table'].shape[0])
@@ -442,12 +443,18 @@ def grid_composites(images: torch.Tensor, labels: torch.Tensor, k: int, n: int, 
             'absent': torch.tensor(absent)}
 
 
+def token_fractions(boxes: torch.Tensor, hw: Tuple[int, int], map_hw: Tuple[int, int]) -> torch.Tensor:
+    """(B, k, h, w): the fraction of each token's pixels inside each item's box (``map_hw`` = (h, w))."""
+    b, k = boxes.shape[:2]
+    masks = torch.stack([composites.box_masks(hw, bx) for bx in boxes]).float()  # (B, k, H, W)
+    return F.adaptive_avg_pool2d(masks.flatten(0, 1)[:, None], tuple(map_hw)).reshape(b, k, *map_hw)
+
+
 def item_shares(att: torch.Tensor, boxes: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
     """Share of each item's box in a (B, h, w) map's mass over all the items' boxes: (B, k). Each token
     counts with the fraction of its pixels inside the box; a map without mass on any item gives 1/k."""
-    b, k = boxes.shape[:2]
-    masks = torch.stack([composites.box_masks(hw, bx) for bx in boxes]).float()  # (B, k, H, W)
-    frac = F.adaptive_avg_pool2d(masks.flatten(0, 1)[:, None], att.shape[-2:]).reshape(b, k, *att.shape[-2:])
+    k = boxes.shape[1]
+    frac = token_fractions(boxes, hw, att.shape[-2:])
     mass = (att[:, None] * frac).flatten(2).sum(-1)
     total = mass.sum(-1, keepdim=True)
     return torch.where(total > 0, mass / total.clamp_min(1e-12), torch.full_like(mass, 1.0 / k))
@@ -479,6 +486,61 @@ class Steered:
         return out['logits'], normalize_map(att), out['prior_mask']
 
 
+    @torch.no_grad()
+    def located(self, x: torch.Tensor, region: torch.Tensor, alpha: float = 1.0, depth: Optional[int] = None):
+        """The control "steering by location only": ``(logits, attention map)`` with the item's pixels
+        ``region`` (B, h, w; token fractions, prefix tokens 0) as the token mask in place of the prior's
+        ``clamp(cos)``, through the paper's reweighting ``alpha * mask * z`` and the model's own feedback
+        (MaskAtt: the mask as every block's signal; PerceiverIO: the reweighted tokens to the head). A model
+        whose steering works by *where* the prior points follows this mask; one that reads the class from
+        the mask's values does not."""
+        m, depth = self.model, self.depth if depth is None else depth
+        hw = tuple(x.shape[-2:])
+        tokens, _, outs1 = m.forward_pass(x, collect=True)
+        mask = token_layout_mask(m, tokens, region, hw)
+        if not m.td_spec.second_pass:
+            return m.forward_head(tokens * mask * alpha), normalize_map(m.tokens_to_map(outs1[depth - 1], hw).norm(dim=1))
+        signals = [mask] * m.num_td_blocks() if m.decoders is None else m.feedback(tokens * mask * alpha)
+        tokens2, _, outs2 = m.forward_pass(x, signals, collect=True)
+        return m.forward_head(tokens2), normalize_map(m.tokens_to_map(outs2[depth - 1], hw).norm(dim=1))
+
+
+    @torch.no_grad()
+    def item_readout(self, x: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """Logits of the pass-1 output tokens of one region alone (``region`` as in ``located``) through the
+        head: whether the final tokens tell the item apart at all. Any mask over these tokens, the prior's
+        included, can select no more than this."""
+        tokens = self.model.bottom_up(x)
+        return self.model.forward_head(tokens * token_layout_mask(self.model, tokens, region, tuple(x.shape[-2:])))
+
+
+def token_layout_mask(model, tokens: torch.Tensor, region: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """A (B, h, w) map over the patch grid as a token mask ``tokens.shape[:-1] + (1,)`` in the pass's own
+    layout, prefix tokens 0: the inverse of ``model.tokens_to_map``, found by mapping the tokens' indices."""
+    index = torch.arange(tokens[..., 0].numel(), dtype=torch.float64).reshape(tokens.shape[:-1] + (1,))
+    where = model.tokens_to_map(index, hw).round().long().flatten()
+    if where.numel() != region.numel():
+        raise ValueError(f'region {tuple(region.shape)} does not match the token map {tuple(where.shape)}')
+    mask = torch.zeros(index.numel(), dtype=tokens.dtype)
+    mask[where] = region.reshape(-1).to(tokens.dtype)
+    return mask.reshape(index.shape)
+
+
+def region_means(mask: torch.Tensor, frac: torch.Tensor, j: Optional[int]) -> Dict[str, torch.Tensor]:
+    """Per composite, the prior's token mask (B, h, w) averaged over item ``j``'s tokens ('item'), the other
+    items' ('others') and the background ('background'), each token weighted by its fraction (``frac``:
+    ``token_fractions``); ``j=None`` (an absent class's prior): every item is an 'other'."""
+    items = frac.sum(1)
+    own = frac[:, j] if j is not None else torch.zeros_like(items)
+    parts = {'item': own, 'others': items - own, 'background': (1 - items).clamp_min(0)}
+    out = {}
+    for name, w in parts.items():
+        total = w.flatten(1).sum(1)
+        out[name] = torch.where(total > 0, (mask * w).flatten(1).sum(1) / total.clamp_min(1e-12),
+                                torch.full_like(total, float('nan')))
+    return out
+
+
 def mean_se(per_composite: torch.Tensor) -> Dict[str, float]:
     """Mean over composites and its standard error (composites are the independent units)."""
     v = per_composite.double()
@@ -498,6 +560,7 @@ def measure_composites(steer: Steered, comp: Dict[str, torch.Tensor], alphas: Se
     keys = ['base_acc', 'base_share', 'base_echo', 'mask_share'] + [f'{m}@{a:g}' for a in alphas
                                                                     for m in ('acc', 'share', 'echo')]
     rows = {key: [] for key in keys}
+    control = {key: [] for key in CONTROL_KEYS} if _steerable(steer) else None
     depth_share = {d: [] for d in range(1, _blocks(steer) + 1)}
     for s in range(0, n, batch_size):
         xb, cb, bb, ab = x[s:s + batch_size], classes[s:s + batch_size], boxes[s:s + batch_size], absent[s:s + batch_size]
@@ -519,6 +582,9 @@ def measure_composites(steer: Steered, comp: Dict[str, torch.Tensor], alphas: Se
             rows[f'share@{a:g}'].append(torch.stack(shares, 1).mean(1))
             rows[f'echo@{a:g}'].append((steer(xb, ab, a)[0].argmax(-1) == ab).float())
         rows['mask_share'].append(torch.stack(masks, 1).mean(1) if masks else torch.full((len(xb),), float('nan')))
+        if control is not None:
+            for key, v in control_rows(steer, xb, cb, bb, ab, alphas[0]).items():
+                control[key].append(v)
         for d in depth_share:  # where along the blocks the prior moves attention (alpha = alphas[0])
             per_item = [item_shares(steer(xb, cb[:, j], alphas[0], depth=d)[1], bb, hw)[:, j] for j in range(k)]
             depth_share[d].append(torch.stack(per_item, 1).mean(1))
@@ -526,8 +592,46 @@ def measure_composites(steer: Steered, comp: Dict[str, torch.Tensor], alphas: Se
     res = {'n': n, 'items': k, 'baseline': {m: mean_se(cat[f'base_{m}']) for m in ('acc', 'share', 'echo')},
            'alphas': {f'{a:g}': {m: mean_se(cat[f'{m}@{a:g}']) for m in ('acc', 'share', 'echo')} for a in alphas},
            'mask_share': None if torch.isnan(cat['mask_share']).all() else mean_se(cat['mask_share']),
-           'share_by_depth': {str(d): mean_se(torch.cat(v)) for d, v in depth_share.items()}}
+           'share_by_depth': {str(d): mean_se(torch.cat(v)) for d, v in depth_share.items()},
+           'control': None if control is None else {key: mean_se_finite(torch.cat(v)) for key, v in control.items()}}
     return res
+
+
+#: The location-only control and the prior masks by region (``control_rows``), at the first alpha.
+CONTROL_KEYS = ('located_acc', 'located_share', 'item_readout_acc', 'mask_item', 'mask_others', 'mask_background',
+                'absent_mask_items', 'absent_mask_background')
+
+
+def _steerable(steer: Steered) -> bool:
+    return steer.top_down and getattr(steer, "priors", None) is not None and steer.model.td_spec.prior
+
+
+def control_rows(steer: Steered, x, classes, boxes, absent, alpha: float) -> Dict[str, torch.Tensor]:
+    """Per composite: prior accuracy and attention share when the mask is the named item's pixels
+    (``Steered.located``), and the real prior masks' mean on the named item, the other items and the
+    background, and an absent class's mask on the items and the background. Together they say whether
+    steering works by where the prior points or by what its mask's values carry."""
+    hw, k = tuple(x.shape[-2:]), classes.shape[1]
+    acc, share, regions, readout = [], [], [], []
+    for j in range(k):
+        _, _, mask = steer(x, classes[:, j], alpha)
+        frac = token_fractions(boxes, hw, mask.shape[-2:])
+        logits, att = steer.located(x, frac[:, j], alpha)
+        acc.append(logits.argmax(-1) == classes[:, j])
+        readout.append(steer.item_readout(x, frac[:, j]).argmax(-1) == classes[:, j])
+        share.append(item_shares(att, boxes, hw)[:, j])
+        regions.append(region_means(mask, frac, j))
+    absent_regions = region_means(steer(x, absent, alpha)[2], frac, None)
+    return {'located_acc': torch.stack(acc, 1).float().mean(1), 'located_share': torch.stack(share, 1).mean(1),
+            'item_readout_acc': torch.stack(readout, 1).float().mean(1),
+            **{f'mask_{r}': torch.stack([g[r] for g in regions], 1).nanmean(1) for r in ('item', 'others', 'background')},
+            'absent_mask_items': absent_regions['others'], 'absent_mask_background': absent_regions['background']}
+
+
+def mean_se_finite(values: torch.Tensor) -> Optional[Dict[str, float]]:
+    """``mean_se`` over the finite values (a region some composites lack is NaN there); None if none is."""
+    values = values[torch.isfinite(values)]
+    return mean_se(values) if len(values) else None
 
 
 def _blocks(steer: Steered) -> int:
@@ -608,6 +712,24 @@ def depth_table(results: Dict[str, Dict]) -> str:
         for k, c in r['composites'].items():
             cells = [_pm(c['share_by_depth'].get(d)) for d in depths]
             lines.append(f"| {name} | {k} | {_pm(c['mask_share'])} | " + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def control_table(results: Dict[str, Dict]) -> str:
+    """The location-only control next to the prior's own steering, and the prior masks by region (models
+    that take a prior; at the first alpha)."""
+    lines = ['| model | items | prior acc (a) | prior acc, mask = item pixels | item tokens alone through the head | '
+             'attn share (b) | attn share, mask = item pixels | prior mask: named item | other items | background | '
+             'absent-class mask: items | background |', '|' + '---|' * 12]
+    for name, r in results.items():
+        for k, c in r['composites'].items():
+            ctl = c.get('control')
+            if not ctl:
+                continue
+            first = next(iter(c['alphas'].values()))
+            cells = [first['acc'], ctl['located_acc'], ctl.get('item_readout_acc'), first['share'],
+                     ctl['located_share']] + [ctl[key] for key in CONTROL_KEYS[3:]]
+            lines.append(f'| {name} | {k} | ' + ' | '.join(_pm(v) for v in cells) + ' |')
     return '\n'.join(lines)
 
 
@@ -743,7 +865,8 @@ def main_runs(args, test_x: torch.Tensor, test_y: torch.Tensor, out: Path) -> No
     (out / 'runs.json').write_text(json.dumps({'meta': meta, 'results': results}, indent=1))
     summary = runs_table(results, [f'{args.alphas[0]:g}'])
     text = (f'{summary}\n\nα sweep:\n\n{runs_table(results)}\n\nDiagnostics (α = {args.alphas[0]:g}):\n\n'
-            f'{depth_table(results)}\n')
+            f'{depth_table(results)}\n\nControl: steering by location only (α = {args.alphas[0]:g}):\n\n'
+            f'{control_table(results)}\n')
     (out / 'runs_table.md').write_text(text)
     plot_runs(results, out / 'runs.png')
     name, path = next(iter(results.items()))[0], next(iter(results.values()))['checkpoint']

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import engine
 import losses
 import main
+import misc
 import models
 from misc import UserError
 from test_pipeline_helpers import QUICK, make_folder_dataset, needs_fmnist, read_log, run_main
@@ -107,6 +108,23 @@ def test_recipes_config_file_and_command_line_precedence(tmp_path):
         main.parse_args(['--config', str(cfg)])
     with pytest.raises(UserError, match='not found'):
         main.parse_args(['--config', str(tmp_path / 'nope.yaml')])
+
+
+def test_model_kwargs_reach_the_model_from_the_command_line_and_a_config(tmp_path):
+    args = main.parse_args(['--model-kwargs', 'patch_size=8', 'depth=2'])
+    assert args.model_kwargs == {'patch_size': 8, 'depth': 2}
+    model = main.create_model(args, 10)
+    assert model.patch_embed.patch_size == (8, 8) and len(model.blocks) == 2
+    torch.save({'args': misc.plain_args(args)}, tmp_path / 'a.pth')  # as checkpoints record them
+    assert torch.load(tmp_path / 'a.pth', weights_only=True)['args']['model_kwargs'] == {'patch_size': 8, 'depth': 2}
+    cfg = tmp_path / 'k.yaml'
+    cfg.write_text('model_kwargs: {patch_size: 8}\n')
+    assert main.create_model(main.parse_args(['--config', str(cfg)]), 10).patch_embed.patch_size == (8, 8)
+    assert main.parse_args([]).model_kwargs == {}
+    with pytest.raises(UserError, match='img_size.*--input-size'):
+        main.create_model(main.parse_args(['--model-kwargs', 'img_size=64']), 10)
+    with pytest.raises(UserError, match='does not take --model-kwargs'):
+        main.create_model(main.parse_args(['--model-kwargs', 'no_such_arg=1']), 10)
 
 
 def test_shipped_configs_parse():

@@ -290,3 +290,81 @@ def test_runs_are_named_checkpoints():
             ctl.parse_runs([bad])
     with pytest.raises(ctl.DemoError, match='not found'):
         ctl.load_run('/nonexistent/checkpoint.pth')
+
+
+# -- the location-only control ---------------------------------------------------------------------
+
+def test_a_region_becomes_the_token_mask_of_the_models_own_layout():
+    model = timm.create_model(MICRO, img_size=32).eval()  # one class token, then 8 x 8 patch tokens
+    region = torch.rand(2, 8, 8)
+    tokens = torch.randn(2, 65, 64)
+    mask = ctl.token_layout_mask(model, tokens, region, (32, 32))
+    assert mask.shape == (2, 65, 1) and (mask[:, 0] == 0).all()
+    assert torch.equal(model.tokens_to_map(mask, (32, 32))[:, 0], region)
+    with pytest.raises(ValueError, match='does not match'):
+        ctl.token_layout_mask(model, tokens, torch.rand(2, 4, 4), (32, 32))
+
+
+@pytest.mark.parametrize('td_mode', ['abs', 'maskatt', 'perceiver'])
+def test_location_control_given_the_priors_own_mask_is_the_priors_steering(td_mode):
+    """Without prefix tokens, the prior's mask is a map of patch tokens only: handing that map to ``located``
+    must reproduce the prior's own steering (logits and attention map) in every mode."""
+    torch.manual_seed(0)
+    model = timm.create_model(MICRO, img_size=32, td_mode=td_mode, class_token=False).eval()
+    steer = ctl.Steered(model)
+    x, classes = torch.randn(3, 1, 32, 32), torch.tensor([1, 4, 7])
+    logits, att, mask = steer(x, classes, 3.0)
+    logits2, att2 = steer.located(x, mask, 3.0)
+    assert torch.allclose(logits, logits2, atol=1e-5) and torch.allclose(att, att2, atol=1e-5)
+    other_logits, _ = steer.located(x, torch.zeros_like(mask), 3.0)  # the mask matters (small at init)
+    assert (logits - other_logits).abs().max() > 1e-5
+
+
+def test_region_means_split_the_mask_into_named_item_other_items_and_background():
+    frac = torch.zeros(1, 2, 2, 2)
+    frac[0, 0, 0, 0] = 1.0          # item 0: the top-left token; item 1: half of the top-right token
+    frac[0, 1, 0, 1] = 0.5
+    mask = torch.tensor([[[0.8, 0.4], [0.1, 0.3]]])
+    r = ctl.region_means(mask, frac, 0)
+    assert r['item'].item() == pytest.approx(0.8) and r['others'].item() == pytest.approx(0.4)
+    assert r['background'].item() == pytest.approx((0.5 * 0.4 + 0.1 + 0.3) / 2.5)
+    absent = ctl.region_means(mask, frac, None)
+    assert absent['item'].isnan().all() and absent['others'].item() == pytest.approx((0.8 + 0.2) / 1.5)
+
+
+def test_the_control_is_measured_for_models_that_take_priors_only():
+    comp = _hand_made(n=4, k=2)
+    comp['x'] = torch.randn(4, 1, 32, 32)
+    comp['boxes'] = torch.stack([cell_boxes((32, 32), 2, [0, 3])] * 4)
+    r = ctl.measure_composites(ctl.Steered(timm.create_model(MICRO, img_size=32).eval()), comp, [1.0])
+    assert set(r['control']) == set(ctl.CONTROL_KEYS)
+    assert 0 <= r['control']['located_acc']['mean'] <= 1 and 0 <= r['control']['mask_item']['mean'] <= 1
+    plain = ctl.measure_composites(ctl.Steered(timm.create_model(MICRO, img_size=32, td_mode='feedback').eval()),
+                                   comp, [1.0])
+    assert plain['control'] is None
+    assert 'mask = item pixels' in ctl.control_table({'m': {'composites': {'2': r}}})
+
+
+def test_item_readout_is_perceivers_location_control_at_alpha_one():
+    """The readout of a region's pass-1 tokens is what PerceiverIO predicts with that region as its mask."""
+    torch.manual_seed(0)
+    steer = ctl.Steered(timm.create_model(MICRO, img_size=32, td_mode='perceiver').eval())
+    x, region = torch.randn(2, 1, 32, 32), torch.zeros(2, 8, 8)
+    region[:, :4, :4] = 1.0
+    assert torch.allclose(steer.item_readout(x, region), steer.located(x, region, 1.0)[0], atol=1e-6)
+    assert not torch.allclose(steer.item_readout(x, region), steer.item_readout(x, 1 - region), atol=1e-4)
+
+
+def test_checkpoints_of_model_kwargs_runs_rebuild_the_same_model(tmp_path):
+    """A main.py run with ``--model-kwargs patch_size=8 depth=2`` records them; the measurement and the demos
+    rebuild that model, not the registered default."""
+    from demo import common
+    model = timm.create_model(MICRO, img_size=32, patch_size=8, depth=2)
+    args = {'model': MICRO, 'input_size': 32, 'td_mode': 'abs', 'model_kwargs': {'patch_size': 8, 'depth': 2},
+            'mean': [0.286], 'std': [0.353]}
+    path = tmp_path / 'checkpoint.pth'
+    torch.save({'model': model.state_dict(), 'args': args}, path)
+    loaded, _ = ctl.load_run(str(path))
+    assert loaded.patch_embed.patch_size == (8, 8) and len(loaded.blocks) == 2
+    shown, _ = common.load_model(MICRO, str(path))
+    assert shown.patch_embed.patch_size == (8, 8) and len(shown.blocks) == 2
