@@ -35,8 +35,9 @@ no-prior baseline, as mean and standard error over composites: (a) prior accurac
 top-down attention on the prior's item among all items, by the item's pixels (1/k for a map that ignores
 the prior); (c) with a prior naming a class absent from the image, how often that class is predicted
 (against how often the model predicts it without a prior); (d) accuracy on single test images with the
-learned prompt. It writes runs.json, runs_table.md (with the prior masks' share on their item and the
-attention share after every block), runs.png (the alpha sweeps), examples.png and alpha_sweep.png.
+learned prompt. It writes runs.json, runs_table.md (with the prior masks' share on their item, the
+attention share after every block and a location-only control: the item's pixels as the mask, and the
+item's tokens alone through the head), runs.png (the alpha sweeps), examples.png and alpha_sweep.png.
 
     python demo/controllability.py --runs AbSViT=output/prior/abs/checkpoint.pth ViT=... --out-dir output/prior
 """
