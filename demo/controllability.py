@@ -704,9 +704,8 @@ def runs_table(results: Dict[str, Dict], alphas: Optional[Sequence[str]] = None)
 def depth_table(results: Dict[str, Dict]) -> str:
     """Diagnostics at the first alpha: the prior mask's share on its item (pass-1 top tokens) and the top-down
     attention share on the prior's item after each block."""
-    any_r = next(iter(results.values()))
-    k0 = next(iter(any_r['composites']))
-    depths = list(any_r['composites'][k0]['share_by_depth'])
+    depths = sorted({d for r in results.values() for c in r['composites'].values() for d in c['share_by_depth']},
+                    key=int)  # every run's blocks: runs of different depths share one table
     lines = ['| model | items | prior mask on its item | ' + ' | '.join(f'attn share, block {d}' for d in depths) + ' |',
              '|' + '---|' * (3 + len(depths))]
     for name, r in results.items():

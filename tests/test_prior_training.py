@@ -368,3 +368,12 @@ def test_checkpoints_of_model_kwargs_runs_rebuild_the_same_model(tmp_path):
     assert loaded.patch_embed.patch_size == (8, 8) and len(loaded.blocks) == 2
     shown, _ = common.load_model(MICRO, str(path))
     assert shown.patch_embed.patch_size == (8, 8) and len(shown.blocks) == 2
+
+
+def test_the_depth_table_has_every_runs_blocks():
+    def run(depths):
+        share = {str(d): {'mean': 0.5, 'se': 0.0} for d in depths}
+        return {'composites': {'2': {'share_by_depth': share, 'mask_share': None}}}
+    table = ctl.depth_table({'two blocks': run([1, 2]), 'four blocks': run([1, 2, 3, 4])})
+    assert 'attn share, block 4 |' in table.splitlines()[0]
+    assert table.splitlines()[2].endswith('| – | – |')  # the 2-block run has no blocks 3 and 4
