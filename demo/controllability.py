@@ -308,6 +308,14 @@ def mask_table(results: Dict[str, Dict]) -> str:
     return '\n'.join(lines)
 
 
+def save_figure(fig: Figure, path: Path, rect: Tuple[float, float, float, float]) -> Path:
+    """Lay ``fig`` out inside ``rect`` (room for its title or footnote) and write it, making the folder."""
+    fig.tight_layout(rect=rect)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def plot_results(results: Dict[str, Dict], path: Path) -> Path:
     """(a) prior accuracy and (b) attention share against alpha; dashed: the no-prior baselines."""
     fig = Figure(figsize=(10, 3.6), dpi=100)
@@ -327,10 +335,7 @@ def plot_results(results: Dict[str, Dict], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc='lower right')
     fig.text(0.5, 0.005, 'dashed: no-prior baseline (the model\'s own output)', ha='center', fontsize=8)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path, (0, 0.04, 1, 1))
 
 
 @torch.no_grad()
@@ -370,10 +375,7 @@ def plot_examples(model, x: torch.Tensor, y_left: torch.Tensor, y_right: torch.T
                 ax.set_title(heads[j], fontsize=8)
     fig.suptitle(f'{title}: class-prototype prior of the left / right item (α={alpha:g}, '
                  f'maps after block {depth} of {model.num_td_blocks()})', fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path, (0, 0, 1, 0.97))
 
 
 # -- prior-trained runs: main.py checkpoints on grid composites of 2 and 3 items --------------------
@@ -570,7 +572,7 @@ def measure_composites(steer: Steered, comp: Dict[str, torch.Tensor], alphas: Se
         rows['base_acc'].append((pred0[:, None] == cb).float().mean(1))
         rows['base_share'].append(share0.mean(1))  # = 1/k: the item named is each item in turn
         rows['base_echo'].append((pred0 == ab).float())
-        masks = []
+        masks, masks_absent = [], None  # the priors' token masks at the first alpha (they do not depend on it)
         for a in alphas:
             hits, shares = [], []
             for j in range(k):
@@ -578,13 +580,16 @@ def measure_composites(steer: Steered, comp: Dict[str, torch.Tensor], alphas: Se
                 hits.append(logits.argmax(-1) == cb[:, j])
                 shares.append(item_shares(att, bb, hw)[:, j])
                 if a == alphas[0] and mask is not None:
-                    masks.append(item_shares(mask, bb, hw)[:, j])
+                    masks.append(mask)
             rows[f'acc@{a:g}'].append(torch.stack(hits, 1).float().mean(1))
             rows[f'share@{a:g}'].append(torch.stack(shares, 1).mean(1))
-            rows[f'echo@{a:g}'].append((steer(xb, ab, a)[0].argmax(-1) == ab).float())
-        rows['mask_share'].append(torch.stack(masks, 1).mean(1) if masks else torch.full((len(xb),), float('nan')))
+            logits, _, mask = steer(xb, ab, a)
+            rows[f'echo@{a:g}'].append((logits.argmax(-1) == ab).float())
+            masks_absent = mask if a == alphas[0] else masks_absent
+        rows['mask_share'].append(torch.stack([item_shares(m, bb, hw)[:, j] for j, m in enumerate(masks)], 1).mean(1)
+                                  if masks else torch.full((len(xb),), float('nan')))
         if control is not None:
-            for key, v in control_rows(steer, xb, cb, bb, ab, alphas[0]).items():
+            for key, v in control_rows(steer, xb, cb, bb, masks, masks_absent, alphas[0]).items():
                 control[key].append(v)
         for d in depth_share:  # where along the blocks the prior moves attention (alpha = alphas[0])
             per_item = [item_shares(steer(xb, cb[:, j], alphas[0], depth=d)[1], bb, hw)[:, j] for j in range(k)]
@@ -607,22 +612,23 @@ def _steerable(steer: Steered) -> bool:
     return steer.top_down and getattr(steer, "priors", None) is not None and steer.model.td_spec.prior
 
 
-def control_rows(steer: Steered, x, classes, boxes, absent, alpha: float) -> Dict[str, torch.Tensor]:
+def control_rows(steer: Steered, x, classes, boxes, masks: Sequence[torch.Tensor], absent_mask: torch.Tensor,
+                 alpha: float) -> Dict[str, torch.Tensor]:
     """Per composite: prior accuracy and attention share when the mask is the named item's pixels
-    (``Steered.located``), and the real prior masks' mean on the named item, the other items and the
-    background, and an absent class's mask on the items and the background. Together they say whether
-    steering works by where the prior points or by what its mask's values carry."""
-    hw, k = tuple(x.shape[-2:]), classes.shape[1]
+    (``Steered.located``), and the real prior masks (``masks``: item j's prior's, (B, h, w) each) averaged
+    on the named item, the other items and the background, and an absent class's mask (``absent_mask``) on
+    the items and the background. Together they say whether steering works by where the prior points or
+    by what its mask's values carry."""
+    hw = tuple(x.shape[-2:])
+    frac = token_fractions(boxes, hw, masks[0].shape[-2:])
     acc, share, regions, readout = [], [], [], []
-    for j in range(k):
-        _, _, mask = steer(x, classes[:, j], alpha)
-        frac = token_fractions(boxes, hw, mask.shape[-2:])
+    for j, mask in enumerate(masks):
         logits, att = steer.located(x, frac[:, j], alpha)
         acc.append(logits.argmax(-1) == classes[:, j])
         readout.append(steer.item_readout(x, frac[:, j]).argmax(-1) == classes[:, j])
         share.append(item_shares(att, boxes, hw)[:, j])
         regions.append(region_means(mask, frac, j))
-    absent_regions = region_means(steer(x, absent, alpha)[2], frac, None)
+    absent_regions = region_means(absent_mask, frac, None)
     return {'located_acc': torch.stack(acc, 1).float().mean(1), 'located_share': torch.stack(share, 1).mean(1),
             'item_readout_acc': torch.stack(readout, 1).float().mean(1),
             **{f'mask_{r}': torch.stack([g[r] for g in regions], 1).nanmean(1) for r in ('item', 'others', 'background')},
@@ -758,10 +764,7 @@ def plot_runs(results: Dict[str, Dict], path: Path) -> Path:
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc='lower left')
     fig.text(0.5, 0.005, "dashed: the model's no-prior baseline; bars: one standard error", ha='center', fontsize=8)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path, (0, 0.03, 1, 1))
 
 
 def _panel(ax, img, title=None, xlabel=None, cmap=None):
@@ -807,10 +810,7 @@ def plot_run_examples(steer: Steered, comps: Sequence[Dict[str, torch.Tensor]], 
         ax_row[1].axis('on')
     fig.suptitle(f'{title}: one prior per item and one naming an absent class (α={alpha:g}, maps after block '
                  f'{steer.depth} of {_blocks(steer)}; under each map the prediction)', fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path, (0, 0, 1, 0.96))
 
 
 @torch.no_grad()
@@ -827,10 +827,7 @@ def plot_alpha_sweep(steer: Steered, comp: Dict[str, torch.Tensor], path: Path, 
             logits, att, _ = steer(x, c.reshape(1), a)
             _panel(ax, att[0].numpy(), f'α = {a:g}', f'pred {CLASSES[int(logits.argmax())]}')
     fig.suptitle(f'{title}: top-down attention against α (block {steer.depth})', fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path, (0, 0, 1, 0.93))
 
 
 def parse_runs(items: Sequence[str]) -> Dict[str, str]:

@@ -1,4 +1,5 @@
-"""Shared test setup: the project root on sys.path, a fixed seed, one thread per xdist worker."""
+"""Shared test setup: the project root on sys.path, a fixed seed, one thread per xdist worker, the notebook kernel."""
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def kernel_env(tmp_path, monkeypatch):
+    """Notebooks run headless on the interpreter running the tests: a temporary ``python3`` kernelspec
+    whose argv is ``sys.executable`` comes first on ``JUPYTER_PATH`` (never a user or system kernel of
+    another Python), one thread, the Agg backend. Returns ``tmp_path``."""
+    spec = tmp_path / 'jupyter' / 'kernels' / 'python3'
+    spec.mkdir(parents=True)
+    (spec / 'kernel.json').write_text(json.dumps({
+        'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+        'display_name': 'Python 3 (tests)', 'language': 'python'}))
+    monkeypatch.setenv('JUPYTER_PATH', str(tmp_path / 'jupyter'))
+    monkeypatch.setenv('JUPYTER_RUNTIME_DIR', str(tmp_path / 'runtime'))
+    monkeypatch.setenv('IPYTHONDIR', str(tmp_path / 'ipython'))
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    monkeypatch.setenv('MPLBACKEND', 'Agg')
+    return tmp_path
 
 
 @pytest.fixture(autouse=True)

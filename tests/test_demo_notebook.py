@@ -4,8 +4,6 @@ The kernel is pinned to the interpreter running the tests: a temporary ``python3
 is ``sys.executable`` comes first on ``JUPYTER_PATH``, so a user- or system-wide ``python3`` kernel of
 another Python can never be picked up (on a fresh clone in CI that is ``.venv/bin/python``).
 """
-import json
-import sys
 from pathlib import Path
 
 import nbformat
@@ -18,21 +16,6 @@ from demo import controllability as ctl
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def kernel_env(tmp_path, monkeypatch):
-    spec = tmp_path / 'jupyter' / 'kernels' / 'python3'
-    spec.mkdir(parents=True)
-    (spec / 'kernel.json').write_text(json.dumps({
-        'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
-        'display_name': 'Python 3 (tests)', 'language': 'python'}))
-    monkeypatch.setenv('JUPYTER_PATH', str(tmp_path / 'jupyter'))
-    monkeypatch.setenv('JUPYTER_RUNTIME_DIR', str(tmp_path / 'runtime'))
-    monkeypatch.setenv('IPYTHONDIR', str(tmp_path / 'ipython'))
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    monkeypatch.setenv('MPLBACKEND', 'Agg')
-    return tmp_path
 
 
 def test_notebook_executes_and_writes_its_figures(kernel_env, monkeypatch):

@@ -1,11 +1,8 @@
 """vision_language/attention.ipynb executes headless (nbclient) with a short training and writes its figure.
 
-The kernel is pinned to the interpreter running the tests (a temporary ``python3`` kernelspec first on
-``JUPYTER_PATH``), as for the classification demo notebook.
+The kernel is pinned to the interpreter running the tests (conftest's ``kernel_env``).
 """
-import json
 import re
-import sys
 from pathlib import Path
 
 import nbformat
@@ -19,15 +16,10 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not fmnist_available(), reason='Fashion-MNIST (Debian dataset-fashion-mnist) absent')]
 
 
-def test_notebook_executes_and_the_mask_moves_with_the_question(tmp_path, monkeypatch):
-    spec = tmp_path / 'jupyter' / 'kernels' / 'python3'
-    spec.mkdir(parents=True)
-    (spec / 'kernel.json').write_text(json.dumps({
-        'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
-        'display_name': 'Python 3 (tests)', 'language': 'python'}))
-    for var, value in {'JUPYTER_PATH': tmp_path / 'jupyter', 'JUPYTER_RUNTIME_DIR': tmp_path / 'runtime',
-                       'IPYTHONDIR': tmp_path / 'ipython', 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg',
-                       'VL_DEMO_STEPS': '40', 'VL_DEMO_PRETRAIN_STEPS': '20', 'VL_DEMO_SCENES': '100', 'VL_DEMO_OUT': tmp_path / 'out'}.items():
+def test_notebook_executes_and_the_mask_moves_with_the_question(kernel_env, monkeypatch):
+    tmp_path = kernel_env
+    for var, value in {'VL_DEMO_STEPS': '40', 'VL_DEMO_PRETRAIN_STEPS': '20', 'VL_DEMO_SCENES': '100',
+                       'VL_DEMO_OUT': tmp_path / 'out'}.items():
         monkeypatch.setenv(var, str(value))
     nb = nbformat.read(ROOT / 'vision_language' / 'attention.ipynb', as_version=4)
     assert all(not c.get('outputs') for c in nb.cells if c.cell_type == 'code'), 'commit the notebook without outputs'
