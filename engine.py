@@ -144,7 +144,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
             if prior_ids is not None and batch_priors is not None:
                 kwargs = {**model_kwargs, 'prior': batch_priors(prior_ids.to(device, non_blocking=True))}
             output = model(images, **kwargs)
-            loss = criterion(output, targets)
+            loss = criterion(output, targets) if prior_ids is None else criterion(output, targets, prior_ids)
         tracker.add(i, loss, getattr(criterion, 'last_terms', {}))
         last = i == steps - 1
         # host read; raises before the step if this step's loss is bad

@@ -7,17 +7,19 @@ are trained with the AbS objective of the paper:
 
 where the passes are the bottom-up and the top-down pass and ``var_loss`` is the model's unweighted
 variational (feedback reconstruction) loss. The engine never looks at the model: it calls
-``model(x, **criterion.model_kwargs)`` and ``criterion(output, target)``.
+``model(x, **criterion.model_kwargs)`` and ``criterion(output, target)`` (``criterion(output, target,
+prior_ids)`` for batches of prior-conditioned training, which ``PriorTargetLoss`` reads).
 """
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from models import TopDownOutput
 
-__all__ = ['AbSLoss', 'PlainLoss', 'AsymmetricLoss', 'build_supervised_loss', 'build_multilabel_loss',
+__all__ = ['AbSLoss', 'PlainLoss', 'PriorTargetLoss', 'ABSENT_TARGETS', 'AsymmetricLoss', 'build_supervised_loss', 'build_multilabel_loss',
            'build_criterion']
 
 
@@ -31,10 +33,11 @@ class PlainLoss(nn.Module):
         self.model_kwargs = {}
         self.last_terms: Dict[str, torch.Tensor] = {}
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, output: torch.Tensor, target: torch.Tensor,
+                prior_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         if isinstance(output, TopDownOutput):
             output = output.logits
-        return self.base(output, target)
+        return _supervised(self.base, output, target, prior_ids)
 
 
 class AbSLoss(nn.Module):
@@ -52,11 +55,11 @@ class AbSLoss(nn.Module):
         self.model_kwargs = {'return_aux': True}
         self.last_terms: Dict[str, torch.Tensor] = {}
 
-    def forward(self, output, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, output, target: torch.Tensor, prior_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not isinstance(output, TopDownOutput):
             raise TypeError('AbSLoss needs the TopDownOutput of model(x, return_aux=True), got '
                             f'{type(output).__name__}; call the model with criterion.model_kwargs')
-        sup = torch.stack([self.base(logits, target) for logits in output.pass_logits]).mean()
+        sup = torch.stack([_supervised(self.base, logits, target, prior_ids) for logits in output.pass_logits]).mean()
         loss = sup
         terms = {'sup_loss': sup.detach()}
         if output.var_loss is not None:
@@ -67,6 +70,60 @@ class AbSLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f'var_weight={self.var_weight}'
+
+
+def _supervised(base: nn.Module, logits: torch.Tensor, target: torch.Tensor,
+                prior_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    """``base(logits, target)``; with the batch's prior ids, ``base(logits, target, prior_ids)``, which
+    only a loss of prior-conditioned training (``PriorTargetLoss``) takes."""
+    if prior_ids is None:
+        return base(logits, target)
+    if not isinstance(base, PriorTargetLoss):
+        raise TypeError(f'batches with prior ids (composites) need a PriorTargetLoss, got {type(base).__name__}')
+    return base(logits, target, prior_ids)
+
+
+#: What a composite whose prior names an absent class is trained towards (``--absent-target``).
+ABSENT_TARGETS = ('any', 'soft')
+
+
+class PriorTargetLoss(nn.Module):
+    """Soft-target cross-entropy for prior-conditioned training, where a composite's prior may name a
+    class its image does not hold (its id is outside the target's classes).
+
+    ``absent='soft'``: every row is ``-sum_c t_c log p_c``; such a composite is then asked for the soft label
+    of its items (1/k each), whichever item the prior's mask selects. ``absent='any'``: those rows are
+    ``-(1 - s) log sum_{c in items} p_c - (s / K) sum_c log p_c``: naming any item present is right, the
+    absent class never is (``s``: the label smoothing folded into the row, ``K`` times its minimum; for
+    one class this is the row's soft cross-entropy). Why: under the soft label, a model that follows the
+    prior to the item it resembles, which is what attention does, is told it is wrong, so it must read
+    from the mask's values whether the prior's class is present: the read that, when it errs, names the
+    absent class. Under ``any`` following the prior costs nothing; echoing it still costs the same."""
+
+    def __init__(self, absent: str = 'any'):
+        super().__init__()
+        if absent not in ABSENT_TARGETS:
+            raise ValueError(f'absent-prior target must be one of {ABSENT_TARGETS}, got {absent!r}')
+        self.absent = absent
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                prior_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        logp = F.log_softmax(logits.float(), dim=-1)
+        t = target.float()
+        soft = -(t * logp).sum(-1)
+        if self.absent == 'soft' or prior_ids is None:
+            return soft.mean()
+        floor = t.amin(-1, keepdim=True)  # s / K: the smoothing every class gets
+        held = t > floor + 1e-6  # the classes the image holds
+        ids = prior_ids.to(logits.device).long()
+        absent = (ids >= 0) & ~held.gather(1, ids.clamp(min=0)[:, None])[:, 0]
+        any_item = -torch.logsumexp(logp.masked_fill(~held, float('-inf')), dim=-1)
+        smooth = floor[:, 0] * t.shape[-1]
+        any_loss = (1 - smooth) * any_item - floor[:, 0] * logp.sum(-1)
+        return torch.where(absent, any_loss, soft).mean()
+
+    def extra_repr(self) -> str:
+        return f'absent={self.absent!r}'
 
 
 def build_supervised_loss(mixup_active: bool, smoothing: float = 0.0) -> nn.Module:
@@ -107,10 +164,13 @@ def build_multilabel_loss(args) -> nn.Module:
     return nn.MultiLabelSoftMarginLoss(reduction='sum')
 
 
-def build_criterion(args, model: nn.Module, mixup_active: bool) -> nn.Module:
+def build_criterion(args, model: nn.Module, mixup_active: bool, composites: bool = False) -> nn.Module:
     """The training criterion for ``model``: ``AbSLoss`` for top-down models, ``PlainLoss`` otherwise; the
-    supervised loss is ``--loss``'s (cross-entropy, or a multi-label loss for multi-hot targets)."""
-    if getattr(args, 'loss', 'ce') in ('multilabel_soft_margin', 'asl'):
+    supervised loss is ``--loss``'s (cross-entropy, or a multi-label loss for multi-hot targets), and with
+    ``composites`` (prior-conditioned training) ``PriorTargetLoss`` with ``--absent-target``."""
+    if composites:
+        base = PriorTargetLoss(getattr(args, 'absent_target', 'any'))
+    elif getattr(args, 'loss', 'ce') in ('multilabel_soft_margin', 'asl'):
         base = build_multilabel_loss(args)
     else:
         base = build_supervised_loss(mixup_active, getattr(args, 'smoothing', 0.0))

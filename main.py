@@ -252,6 +252,9 @@ def check_composites(args) -> None:
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
         raise UserError('--composite-prob composes its own multi-object samples and targets; turn mixup/cutmix '
                         'off (--mixup 0 --cutmix 0)')
+    if getattr(args, 'loss', None) not in (None, 'ce'):
+        raise UserError(f'--composite-prob trains with soft-target cross-entropy (losses.PriorTargetLoss); '
+                        f'--loss {args.loss} is for multi-label data')
 
 
 def wrap_composites(args, dataset, num_classes: int):
@@ -474,7 +477,7 @@ def build_training(args, rt: Runtime, model: nn.Module, model_ema: Optional[Mode
     loss_scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
     mixup_fn = build_mixup(args, num_classes)
     # composites bring soft targets (label smoothing folded in), as mixup does
-    criterion = losses.build_criterion(args, model, mixup_fn is not None or composites_on(args))
+    criterion = losses.build_criterion(args, model, mixup_fn is not None or composites_on(args), composites_on(args))
     global_batch = args.batch_size * rt.world
     _logger.info(f'criterion: {criterion}; optimizer {args.opt}{" (fused)" if fused else ""}, '
                  f'lr {args.lr_effective:.3g} '

@@ -36,8 +36,8 @@ top-down attention on the prior's item among all items, by the item's pixels (1/
 the prior); (c) with a prior naming a class absent from the image, how often that class is predicted
 (against how often the model predicts it without a prior); (d) accuracy on single test images with the
 learned prompt. It writes runs.json, runs_table.md (with the prior masks' share on their item, the
-attention share after every block and a location-only control: the item's pixels as the mask, and the
-item's tokens alone through the head), runs.png (the alpha sweeps), examples.png and alpha_sweep.png.
+attention share after every block, a location-only control: the item's pixels as the mask, and the
+item's tokens alone through the head, and the echo of the absent class nearest an item), runs.png (the alpha sweeps), examples.png and alpha_sweep.png.
 
     python demo/controllability.py --runs AbSViT=output/prior/abs/checkpoint.pth ViT=... --out-dir output/prior
 """
@@ -411,7 +411,7 @@ def load_run(path: str):
     except RuntimeError as e:
         raise DemoError(f'{path} does not fit {args["model"]} {kwargs}: {e}') from e
     settings = {k: args.get(k) for k in ('model', 'td_mode', 'input_size', 'composite_prob', 'composite_items',
-                                         'composite_grid', 'present_prior_prob', 'absent_prior_prob',
+                                         'composite_grid', 'present_prior_prob', 'absent_prior_prob', 'absent_target',
                                          'prior_source', 'mean', 'std', 'in_chans', 'crop_pct', 'interpolation',
                                          'epochs', 'batch_size', 'seed')}
     settings['prior_source'] = 'table' if 'prior_table' in sd else 'classifier'
@@ -605,7 +605,7 @@ def measure_composites(steer: Steered, comp: Dict[str, torch.Tensor], alphas: Se
 
 #: The location-only control and the prior masks by region (``control_rows``), at the first alpha.
 CONTROL_KEYS = ('located_acc', 'located_share', 'item_readout_acc', 'mask_item', 'mask_others', 'mask_background',
-                'absent_mask_items', 'absent_mask_background')
+                'absent_mask_items', 'absent_mask_background', 'echo_nearest', 'echo_nearest_base')
 
 
 def _steerable(steer: Steered) -> bool:
@@ -618,7 +618,9 @@ def control_rows(steer: Steered, x, classes, boxes, masks: Sequence[torch.Tensor
     (``Steered.located``), and the real prior masks (``masks``: item j's prior's, (B, h, w) each) averaged
     on the named item, the other items and the background, and an absent class's mask (``absent_mask``) on
     the items and the background. Together they say whether steering works by where the prior points or
-    by what its mask's values carry."""
+    by what its mask's values carry. Also the echo of the hardest absent prior, the absent class nearest the
+    items (``nearest_absent``), with the no-prior rate of predicting it: a uniformly drawn absent class is
+    mostly one no model would take for an item."""
     hw = tuple(x.shape[-2:])
     frac = token_fractions(boxes, hw, masks[0].shape[-2:])
     acc, share, regions, readout = [], [], [], []
@@ -629,10 +631,23 @@ def control_rows(steer: Steered, x, classes, boxes, masks: Sequence[torch.Tensor
         share.append(item_shares(att, boxes, hw)[:, j])
         regions.append(region_means(mask, frac, j))
     absent_regions = region_means(absent_mask, frac, None)
-    return {'located_acc': torch.stack(acc, 1).float().mean(1), 'located_share': torch.stack(share, 1).mean(1),
+    nearest = nearest_absent(steer.priors.class_rows(), classes)
+    echo_nearest = steer(x, nearest, alpha)[0].argmax(-1) == nearest
+    echo_nearest_base = steer(x)[0].argmax(-1) == nearest
+    return {'echo_nearest': echo_nearest.float(), 'echo_nearest_base': echo_nearest_base.float(),
+            'located_acc': torch.stack(acc, 1).float().mean(1), 'located_share': torch.stack(share, 1).mean(1),
             'item_readout_acc': torch.stack(readout, 1).float().mean(1),
             **{f'mask_{r}': torch.stack([g[r] for g in regions], 1).nanmean(1) for r in ('item', 'others', 'background')},
             'absent_mask_items': absent_regions['others'], 'absent_mask_background': absent_regions['background']}
+
+
+def nearest_absent(rows: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Per composite (``classes``: (B, k) item classes), the class absent from it whose prior (``rows``,
+    (K, C)) has the highest cosine to any of its items' priors: (B,) class ids."""
+    unit = F.normalize(rows.detach().float(), dim=-1)
+    near = (unit @ unit.T)[classes].amax(1)  # (B, K): the best cosine to an item
+    held = torch.zeros_like(near, dtype=torch.bool).scatter_(1, classes, True)
+    return near.masked_fill(held, float('-inf')).argmax(-1)
 
 
 def mean_se_finite(values: torch.Tensor) -> Optional[Dict[str, float]]:
@@ -726,7 +741,7 @@ def control_table(results: Dict[str, Dict]) -> str:
     that take a prior; at the first alpha)."""
     lines = ['| model | items | prior acc (a) | prior acc, mask = item pixels | item tokens alone through the head | '
              'attn share (b) | attn share, mask = item pixels | prior mask: named item | other items | background | '
-             'absent-class mask: items | background |', '|' + '---|' * 12]
+             'absent-class mask: items | background | echo, nearest absent class | no prior |', '|' + '---|' * 14]
     for name, r in results.items():
         for k, c in r['composites'].items():
             ctl = c.get('control')
@@ -734,7 +749,7 @@ def control_table(results: Dict[str, Dict]) -> str:
                 continue
             first = next(iter(c['alphas'].values()))
             cells = [first['acc'], ctl['located_acc'], ctl.get('item_readout_acc'), first['share'],
-                     ctl['located_share']] + [ctl[key] for key in CONTROL_KEYS[3:]]
+                     ctl["located_share"]] + [ctl.get(key) for key in CONTROL_KEYS[3:]]
             lines.append(f'| {name} | {k} | ' + ' | '.join(_pm(v) for v in cells) + ' |')
     return '\n'.join(lines)
 
