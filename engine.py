@@ -137,12 +137,14 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         images, targets, prior_ids = _split_batch(batch)
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        if prior_ids is not None:  # once: the priors and the criterion both read them
+            prior_ids = prior_ids.to(device, non_blocking=True)
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
         with autocast(device, amp_dtype):
             kwargs = model_kwargs
             if prior_ids is not None and batch_priors is not None:
-                kwargs = {**model_kwargs, 'prior': batch_priors(prior_ids.to(device, non_blocking=True))}
+                kwargs = {**model_kwargs, 'prior': batch_priors(prior_ids)}
             output = model(images, **kwargs)
             loss = criterion(output, targets) if prior_ids is None else criterion(output, targets, prior_ids)
         tracker.add(i, loss, getattr(criterion, 'last_terms', {}))

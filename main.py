@@ -476,8 +476,7 @@ def build_training(args, rt: Runtime, model: nn.Module, model_ema: Optional[Mode
     lr_scheduler = build_scheduler(args, optimizer, updates_per_epoch)
     loss_scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
     mixup_fn = build_mixup(args, num_classes)
-    # composites bring soft targets (label smoothing folded in), as mixup does
-    criterion = losses.build_criterion(args, model, mixup_fn is not None or composites_on(args), composites_on(args))
+    criterion = losses.build_criterion(args, model, mixup_fn is not None, composites_on(args))
     global_batch = args.batch_size * rt.world
     _logger.info(f'criterion: {criterion}; optimizer {args.opt}{" (fused)" if fused else ""}, '
                  f'lr {args.lr_effective:.3g} '

@@ -203,11 +203,15 @@ def plain_args(args) -> Dict[str, Any]:
     return {k: _plain(v) for k, v in vars(args).items()}
 
 
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (int, float, str, bool)) or v is None
+
+
 def _plain(v: Any) -> Any:
-    if isinstance(v, (int, float, str, bool)) or v is None:
+    if _scalar(v):
         return v
     if isinstance(v, dict):
         return {str(k): _plain(x) for k, x in v.items()}
     if isinstance(v, (tuple, list)):
-        return [x if isinstance(x, (int, float, str, bool)) or x is None else str(x) for x in v]
+        return [x if _scalar(x) else str(x) for x in v]
     return str(v)

@@ -14,6 +14,7 @@ import yaml
 from timm.utils import ParseKwargs
 
 import datasets
+import losses
 import models
 import robustness
 from datasets.recipes import RECIPE_KEYS, RECIPES
@@ -211,7 +212,7 @@ def _add_prior_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument('--absent-prior-prob', type=float, default=0.3,
                    help='share of composites whose prior names an absent class (target: the items present); '
                         'the rest take the learned prompt (target: the items present)')
-    g.add_argument('--absent-target', default='any', choices=['any', 'soft'],
+    g.add_argument('--absent-target', default='any', choices=list(losses.ABSENT_TARGETS),
                    help='what a composite with an absent-class prior is trained towards: any of its items '
                         '(naming any item present is right; losses.PriorTargetLoss) or their soft label (1/k each)')
     g.add_argument('--prior-source', default='classifier', choices=['classifier', 'table'],

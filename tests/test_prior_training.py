@@ -195,8 +195,26 @@ def test_absent_prior_rows_are_right_with_any_item_and_other_rows_keep_soft_cros
     assert any_(sure_absent, *row0) > 10 * any_(sure_item, *row0)  # naming the absent class stays wrong
     with pytest.raises(ValueError, match='absent-prior target'):
         losses.PriorTargetLoss('items')
+    model = timm.create_model(MICRO, img_size=32)
+    for absent in losses.ABSENT_TARGETS:  # main.py's --absent-target reaches the criterion
+        crit = losses.build_criterion(argparse.Namespace(absent_target=absent, var_loss=0.1), model, False, True)
+        assert isinstance(crit.base, losses.PriorTargetLoss) and crit.base.absent == absent
     with pytest.raises(TypeError, match='PriorTargetLoss'):
         losses.PlainLoss(SoftTargetCrossEntropy())(logits, target, ids)
+
+
+def test_the_engine_hands_the_batch_prior_ids_to_the_criterion():
+    """What the criterion sees is the batch's ids (absent-prior rows included), for every step."""
+    ds = PriorComposites(Coded([i % 4 for i in range(16)]), 4, composite_prob=1.0, items=(2,), absent_prob=0.5,
+                         seed=0)
+    model = timm.create_model(MICRO, img_size=8, patch_size=4, num_classes=4)
+    crit = losses.build_criterion(argparse.Namespace(var_loss=0.1), model, False, composites=True)
+    seen, forward = [], crit.forward
+    crit.forward = lambda out, t, ids=None: (seen.append(ids), forward(out, t, ids))[1]
+    loader = torch.utils.data.DataLoader(ds, batch_size=8)
+    engine.train_one_epoch(model, crit, loader, torch.optim.SGD(model.parameters(), lr=0.1), torch.device('cpu'), 0,
+                           progress=False, batch_priors=engine.BatchPriors(model))
+    assert len(seen) == 2 and torch.equal(torch.cat(seen), torch.stack([ds[i][2] for i in range(16)]))
 
 
 # -- main.py ---------------------------------------------------------------------------------------
@@ -211,6 +229,8 @@ def test_composites_refuse_mixup_and_multilabel_data(tmp_path):
     assert r.returncode == 1 and 'classification dataset' in r.stderr
     r = run_main(*common, '--present-prior-prob', 0.9)
     assert r.returncode == 1 and 'at most 1' in r.stderr
+    r = run_main(*common, '--loss', 'asl')
+    assert r.returncode == 1 and 'PriorTargetLoss' in r.stderr and '--loss asl' in r.stderr
 
 
 @needs_fmnist
@@ -224,7 +244,7 @@ def test_a_short_prior_conditioned_run_raises_prior_accuracy(tmp_path):
                  '--absent-prior-prob', 0.2, '--lr', 6.4e-2, '--output_dir', out,
                  '--no-progress', '--num-threads', 1, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert 'composites: PriorComposites' in r.stdout
+    assert 'composites: PriorComposites' in r.stdout and "PriorTargetLoss(absent='any')" in r.stdout
     trained, settings = ctl.load_run(str(out / 'checkpoint.pth'))
     assert settings['prior_source'] == 'classifier' and settings['input_size'] == 32
     x, y = ctl.load_split(False, limit=600)
@@ -368,6 +388,14 @@ def test_the_control_is_measured_for_models_that_take_priors_only():
     comp['boxes'] = torch.stack([cell_boxes((32, 32), 2, [0, 3])] * 4)
     r = ctl.measure_composites(ctl.Steered(timm.create_model(MICRO, img_size=32).eval()), comp, [1.0])
     assert set(r['control']) == set(ctl.CONTROL_KEYS)
+    steer = ctl.Steered(timm.create_model(MICRO, img_size=32).eval())  # the echo of the nearest absent class:
+    nearest = ctl.nearest_absent(steer.priors.class_rows(), comp['classes'])  # recomputed outside the control
+    rows = ctl.control_rows(steer, comp['x'], comp['classes'], comp['boxes'],
+                            [steer(comp['x'], comp['classes'][:, j], 1.0)[2] for j in range(2)],
+                            steer(comp['x'], comp['absent'], 1.0)[2], 1.0)
+    hits = (steer(comp['x'], nearest, 1.0)[0].argmax(-1) == nearest).float()
+    assert torch.equal(rows['echo_nearest'], hits)  # the nearest absent class, not the uniform one
+    assert torch.equal(rows['echo_nearest_base'], (steer(comp['x'])[0].argmax(-1) == nearest).float())
     assert 0 <= r['control']['located_acc']['mean'] <= 1 and 0 <= r['control']['mask_item']['mean'] <= 1
     plain = ctl.measure_composites(ctl.Steered(timm.create_model(MICRO, img_size=32, td_mode='feedback').eval()),
                                    comp, [1.0])
