@@ -72,6 +72,7 @@ from datasets import composites  # noqa: E402
 from datasets.fmnist import CLASSES, FashionMNIST  # noqa: E402
 from datasets.errors import DatasetError  # noqa: E402
 from demo.common import DemoError, default_depth, load_model, normalize_map  # noqa: E402
+from errors import run_cli  # noqa: E402
 
 MODEL = 'absvit_micro_patch4_28_gap'
 CANVAS = (28, 56)
@@ -952,66 +953,76 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _measure_models(args, test_x, test_y, out: Path) -> Dict[str, dict]:
+    """Train (``--train``) or load (``--checkpoints``) each mode's model and measure it on the composites."""
+    x, yl, yr, _ = args.composites
+    if args.train:
+        train_x, train_y = load_split(True, args.data_path, args.train_limit)
+        todo = {n: (m, None) for n, m in MODES.items() if m in args.modes}
+    else:
+        todo = parse_checkpoints(args.checkpoints)
+    results = {}
+    for name, (mode, path) in todo.items():
+        if path is None:
+            print(f'training {name} ({MODEL}, td_mode={mode}, input {CANVAS}) on {len(train_y)} images '
+                  f'for {args.epochs} epoch(s)')
+            model, info = train_model(mode, train_x, train_y, args.epochs, args.batch_size, seed=args.seed,
+                                      lr=args.lr, pair_prob=args.pair_prob)
+            path = out / f'{mode}.pth'
+            save_model(model, info, path)
+        else:
+            model, _ = load_model(MODEL, path, td_mode=mode, img_size=CANVAS)
+            info = torch.load(path, map_location='cpu', weights_only=True).get('demo', {}).get('train')
+        t0 = time.time()
+        r = evaluate(model, x, yl, yr, args.alphas, args.depth)
+        r['single_acc'] = single_accuracy(model, test_x[:args.n_single], test_y[:args.n_single], args.seed)
+        r.update(td_mode=mode, checkpoint=str(path), train=info, eval_seconds=round(time.time() - t0, 1))
+        results[name] = r
+        print(f"{name}: single-object acc {r['single_acc']:.3f}; " + ', '.join(
+            f"α={a}: {m['prior_acc']:.3f}/{m['attn_share']:.3f}" for a, m in r['alphas'].items())
+            + f" (no prior {r['baseline']['prior_acc']:.3f}/{r['baseline']['attn_share']:.3f})")
+        if name == 'AbSViT' and args.examples > 0:
+            k = min(args.examples, len(x))
+            p = plot_examples(model, x[:k], yl[:k], yr[:k], out / 'examples.png', args.example_alpha, args.depth)
+            print(f'wrote {p}')
+    return results
+
+
+def _write_results(args, results: Dict[str, dict], out: Path) -> None:
+    """results.json, table.md and the figure of a two-item measurement, and the tables on stdout."""
+    x, _, _, (il, ir) = args.composites
+    table = markdown_table(results)
+    depth = next(iter(results.values()))['depth'] if results else args.depth
+    meta = {'model': MODEL, 'canvas': list(CANVAS), 'n_composites': args.n_composites, 'seed': args.seed,
+            'depth': args.depth, 'alphas': args.alphas, 'composites': {'left': il.tolist(), 'right': ir.tolist()}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'results.json').write_text(json.dumps({'meta': meta, 'results': results}, indent=1))
+    (out / 'table.md').write_text(table + '\n\n' + mask_table(results) + '\n')
+    plot_results(results, out / 'controllability.png')
+    print(f'\n{len(x)} composites, seed {args.seed}, attention after block {depth}\n\n{table}\n\n'
+          f'{mask_table(results)}\n')
+    print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'controllability.png'}")
+
+
+def _run_command_line(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
-    try:
-        test_x, test_y = load_split(False, args.data_path)
-        if args.runs:
-            args.n_composites = args.n_composites or 500
-            args.example_alpha = args.alphas[0] if args.example_alpha is None else args.example_alpha
-            main_runs(args, test_x, test_y, out)
-            return 0
-        args.n_composites = args.n_composites or 1000
-        args.example_alpha = 10.0 if args.example_alpha is None else args.example_alpha
-        x, yl, yr, (il, ir) = make_composites(test_x, test_y, args.n_composites, args.seed)
-        if args.train:
-            train_x, train_y = load_split(True, args.data_path, args.train_limit)
-            todo = {n: (m, None) for n, m in MODES.items() if m in args.modes}
-        else:
-            todo = parse_checkpoints(args.checkpoints)
-        results = {}
-        for name, (mode, path) in todo.items():
-            if path is None:
-                print(f'training {name} ({MODEL}, td_mode={mode}, input {CANVAS}) on {len(train_y)} images '
-                      f'for {args.epochs} epoch(s)')
-                model, info = train_model(mode, train_x, train_y, args.epochs, args.batch_size, seed=args.seed,
-                                          lr=args.lr, pair_prob=args.pair_prob)
-                path = out / f'{mode}.pth'
-                save_model(model, info, path)
-            else:
-                model, _ = load_model(MODEL, path, td_mode=mode, img_size=CANVAS)
-                info = torch.load(path, map_location='cpu', weights_only=True).get('demo', {}).get('train')
-            t0 = time.time()
-            r = evaluate(model, x, yl, yr, args.alphas, args.depth)
-            r['single_acc'] = single_accuracy(model, test_x[:args.n_single], test_y[:args.n_single], args.seed)
-            r.update(td_mode=mode, checkpoint=str(path), train=info, eval_seconds=round(time.time() - t0, 1))
-            results[name] = r
-            print(f"{name}: single-object acc {r['single_acc']:.3f}; " + ', '.join(
-                f"α={a}: {m['prior_acc']:.3f}/{m['attn_share']:.3f}" for a, m in r['alphas'].items())
-                + f" (no prior {r['baseline']['prior_acc']:.3f}/{r['baseline']['attn_share']:.3f})")
-            if name == 'AbSViT' and args.examples > 0:
-                k = min(args.examples, len(x))
-                p = plot_examples(model, x[:k], yl[:k], yr[:k], out / 'examples.png', args.example_alpha, args.depth)
-                print(f'wrote {p}')
-        table = markdown_table(results)
-        depth = next(iter(results.values()))['depth'] if results else args.depth
-        meta = {'model': MODEL, 'canvas': list(CANVAS), 'n_composites': args.n_composites, 'seed': args.seed,
-                'depth': args.depth, 'alphas': args.alphas,
-                'composites': {'left': il.tolist(), 'right': ir.tolist()}}
-        out.mkdir(parents=True, exist_ok=True)
-        (out / 'results.json').write_text(json.dumps({'meta': meta, 'results': results}, indent=1))
-        (out / 'table.md').write_text(table + '\n\n' + mask_table(results) + '\n')
-        plot_results(results, out / 'controllability.png')
-        print(f'\n{len(x)} composites, seed {args.seed}, attention after block {depth}\n\n{table}\n\n'
-              f'{mask_table(results)}\n')
-        print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'controllability.png'}")
-    except DemoError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    test_x, test_y = load_split(False, args.data_path)
+    if args.runs:
+        args.n_composites = args.n_composites or 500
+        args.example_alpha = args.alphas[0] if args.example_alpha is None else args.example_alpha
+        main_runs(args, test_x, test_y, out)
+        return
+    args.n_composites = args.n_composites or 1000
+    args.example_alpha = 10.0 if args.example_alpha is None else args.example_alpha
+    args.composites = make_composites(test_x, test_y, args.n_composites, args.seed)
+    _write_results(args, _measure_models(args, test_x, test_y, out), out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(_run_command_line, argv)
 
 
 if __name__ == '__main__':

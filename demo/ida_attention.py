@@ -26,7 +26,7 @@ import timm  # noqa: E402
 import models.ida  # noqa: E402,F401  (registers ida_*)
 from datasets.multilabel import FashionMNISTCanvases, build_multilabel_transform  # noqa: E402
 from demo.common import DemoError  # noqa: E402
-from errors import UserFacingError  # noqa: E402
+from errors import run_cli  # noqa: E402
 from options import parse_args  # noqa: E402
 from train_state import load_model_weights  # noqa: E402
 
@@ -81,7 +81,7 @@ def draw(model, canvases: FashionMNISTCanvases, transform, indices: Sequence[int
     plt.close(fig)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _run_command_line(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--model', default=None, help='an ida_* model (default: the FMNIST_ML recipe\'s)')
     p.add_argument('--checkpoint', default=None, help='main.py checkpoint (checkpoint.pth / best_model.pth)')
@@ -90,22 +90,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--measure', type=int, default=200, help='canvases to measure the pointing share on')
     p.add_argument('--out', default='ida_attention_fmnist.png')
     a = p.parse_args(argv)
-    try:
-        args = parse_args(['--data-set', 'FMNIST_ML'] + (['--model', a.model] if a.model else []))
-        model = timm.create_model(args.model, num_classes=10).eval()
-        cfg = model.pretrained_cfg
-        args.input_size, args.in_chans = cfg['input_size'][-1], cfg['input_size'][0]
-        args.mean, args.std = list(cfg['mean']), list(cfg['std'])
-        if a.checkpoint:
-            load_model_weights(a.checkpoint, model, use_ema=a.ema)
-        canvases = FashionMNISTCanvases(args.data_path, train=False, size=args.input_size)
-        transform = build_multilabel_transform(args, is_train=False)
-        draw(model, canvases, transform, range(a.n), a.out)
-        print(f'wrote {a.out}; {pointing_share(model, canvases, transform, a.measure)}')
-    except UserFacingError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    return 0
+    args = parse_args(['--data-set', 'FMNIST_ML'] + (['--model', a.model] if a.model else []))
+    model = timm.create_model(args.model, num_classes=10).eval()
+    cfg = model.pretrained_cfg
+    args.input_size, args.in_chans = cfg['input_size'][-1], cfg['input_size'][0]
+    args.mean, args.std = list(cfg['mean']), list(cfg['std'])
+    if a.checkpoint:
+        load_model_weights(a.checkpoint, model, use_ema=a.ema)
+    canvases = FashionMNISTCanvases(args.data_path, train=False, size=args.input_size)
+    transform = build_multilabel_transform(args, is_train=False)
+    draw(model, canvases, transform, range(a.n), a.out)
+    print(f'wrote {a.out}; {pointing_share(model, canvases, transform, a.measure)}')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(_run_command_line, argv)
 
 
 if __name__ == '__main__':

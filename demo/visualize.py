@@ -36,6 +36,7 @@ if __package__ in (None, ''):  # run as a script: make the repository importable
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from errors import run_cli  # noqa: E402
 from demo.common import (DemoError, class_names, default_depth, image_spec_parts, load_model,  # noqa: E402
                          load_picture, load_prior_vector, normalize_map, parse_class, prepare_image, spec_stem)
 
@@ -244,27 +245,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _run_command_line(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        model, msg = load_model(args.model, args.checkpoint, args.td_mode, args.img_size, args.device, args.use_ema)
-        print(f'{args.model} (td_mode={model.td_mode}, input {tuple(model.patch_embed.img_size)}): {msg}')
-        names = class_names(model.num_classes, args.class_names)
-        prior = resolve_prior(model, args.prior_class, args.prior_vector, names, args.class_names)
-        if model.td_mode == 'feedback' and not prior.learned:
-            print('warning: Feedback models take no prior; the given prior is ignored', file=sys.stderr)
-        n_blocks = model.num_td_blocks()
-        if args.depth is not None and not 1 <= args.depth <= n_blocks:
-            raise DemoError(f'--depth must be in [1, {n_blocks}] for {args.model}, got {args.depth}')
-        for spec in args.images:  # fail on a bad image before rendering anything
-            for part in image_spec_parts(spec):
-                load_picture(part)
-        visualize(model, args.images, prior, Path(args.out_dir), names, args.alpha, args.alphas, args.depth,
-                  not args.no_sweep)
-    except DemoError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    model, msg = load_model(args.model, args.checkpoint, args.td_mode, args.img_size, args.device, args.use_ema)
+    print(f'{args.model} (td_mode={model.td_mode}, input {tuple(model.patch_embed.img_size)}): {msg}')
+    names = class_names(model.num_classes, args.class_names)
+    prior = resolve_prior(model, args.prior_class, args.prior_vector, names, args.class_names)
+    if model.td_mode == 'feedback' and not prior.learned:
+        print('warning: Feedback models take no prior; the given prior is ignored', file=sys.stderr)
+    n_blocks = model.num_td_blocks()
+    if args.depth is not None and not 1 <= args.depth <= n_blocks:
+        raise DemoError(f'--depth must be in [1, {n_blocks}] for {args.model}, got {args.depth}')
+    for spec in args.images:  # fail on a bad image before rendering anything
+        for part in image_spec_parts(spec):
+            load_picture(part)
+    visualize(model, args.images, prior, Path(args.out_dir), names, args.alpha, args.alphas, args.depth,
+              not args.no_sweep)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(_run_command_line, argv)
 
 
 if __name__ == '__main__':

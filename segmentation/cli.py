@@ -1,14 +1,14 @@
 """What ``segmentation/train.py`` and ``segmentation/test.py`` share: the config from the command line
-(mmseg's flags), the checks that run before mmengine's Runner starts, and one-line errors."""
+(mmseg's flags), the checks that run before mmengine's Runner starts, and the Runner that reads
+checkpoints safely. Errors reach the user through the project's ``errors.run_cli``."""
 import argparse
 import os
 import os.path as osp
 import sys
-from typing import Callable, List, Optional
 
-from errors import UserFacingError, UserError
+from errors import UserError, run_cli  # noqa: F401  (run_cli: the entry points' runner)
 
-__all__ = ['common_parser', 'load_config', 'run_cli']
+__all__ = ['common_parser', 'load_config', 'build_runner', 'run_cli']
 
 
 def common_parser(description: str) -> argparse.ArgumentParser:
@@ -24,6 +24,11 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                    help="'pytorch' under torchrun (DDP, SyncBN)")
     p.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    p.add_argument('--trusted', action='store_true',
+                   help='the checkpoints this run reads come from a source you trust: read them with a full '
+                        'unpickle (mmengine checkpoints from elsewhere, or ones an earlier version of train.py '
+                        'wrote). Without it, checkpoints are read weights-only and a file that could run code '
+                        'is refused')
     return p
 
 
@@ -47,11 +52,12 @@ def load_config(args: argparse.Namespace):
     return cfg
 
 
-def run_cli(main: Callable[[Optional[List[str]]], None], argv: Optional[List[str]] = None) -> int:
-    """Run ``main``; a ``UserFacingError`` is printed as one line (no traceback), exit status 1."""
-    try:
-        main(argv)
-    except UserFacingError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    return 0
+def build_runner(cfg, trusted: bool = False):
+    """mmengine's Runner for ``cfg``, reading checkpoints safely unless ``trusted`` and writing them so
+    that they read back safely (``segmentation.checkpoints``)."""
+    from mmengine.runner import Runner
+    from segmentation.checkpoints import WeightsOnlyStateHook, use_checkpoint_loaders
+    use_checkpoint_loaders(trusted)
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(WeightsOnlyStateHook())
+    return runner

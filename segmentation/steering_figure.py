@@ -24,7 +24,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from errors import UserError  # noqa: E402
-from models.checkpoint import CheckpointError, load_checkpoint_file, select_state_dict  # noqa: E402
+from models.checkpoint import select_state_dict  # noqa: E402
 from segmentation.steering import prior_from_outputs, steering_effect, final_map_and_logits  # noqa: E402
 
 __all__ = ['load_image', 'change_share', 'steering_rows', 'draw', 'main']
@@ -123,24 +123,20 @@ def parse_args(argv=None):
     p.add_argument('--classes', type=int, default=3, help='steer with the N largest predicted classes')
     p.add_argument('--size', type=int, nargs=2, default=(64, 64), metavar=('H', 'W'))
     p.add_argument('--out', default='segmentation/steering.png')
-    p.add_argument('--trusted', action='store_true', help='the checkpoint is one your own train.py wrote: let '
-                   'mmengine unpickle its training state (never use it for files from elsewhere)')
+    p.add_argument('--trusted', action='store_true', help='the checkpoint comes from a source you trust: read it with '
+                   'a full unpickle (never use it for files from elsewhere)')
     return p.parse_args(argv)
 
 
 def read_weights(checkpoint: str, trusted: bool) -> dict:
-    """The segmentor weights of ``checkpoint``. A weights-only file loads safely; a checkpoint that
-    train.py (mmengine) wrote also holds its message hub (numpy arrays, ``HistoryBuffer``), which only
-    unpickling can read, so it loads only with ``trusted`` (through mmengine's loader, as test.py does)."""
+    """The segmentor weights of ``checkpoint``, read as test.py reads it: weights-only, or in full with
+    ``trusted`` (``segmentation.checkpoints``)."""
+    from mmengine.runner import CheckpointLoader
+    from segmentation.checkpoints import use_checkpoint_loaders
     if not osp.isfile(checkpoint):
         raise UserError(f'checkpoint not found: {checkpoint}')
-    if trusted:
-        from mmengine.runner import CheckpointLoader
-        return select_state_dict(CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu'))[0]
-    try:
-        return select_state_dict(load_checkpoint_file(checkpoint))[0]
-    except CheckpointError as e:
-        raise UserError(f'{e} If it is a checkpoint your own segmentation/train.py run wrote, pass --trusted.') from None
+    use_checkpoint_loaders(trusted)
+    return select_state_dict(CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu'))[0]
 
 
 def build_segmentor(config: str, checkpoint: str, trusted: bool = False):
@@ -173,5 +169,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from segmentation.cli import run_cli
+    from errors import run_cli
     sys.exit(run_cli(main))

@@ -1,5 +1,8 @@
 """Evaluate a segmentation checkpoint (mIoU from mmseg's IoUMetric).
 
+The checkpoint is read weights-only: a file that could run code is refused (``--trusted`` for an
+mmengine checkpoint from a source you trust).
+
     python segmentation/test.py CONFIG CHECKPOINT [--work-dir D] [--slide] [--cfg-options k=v ...]
     torchrun --nproc_per_node=8 segmentation/test.py CONFIG CHECKPOINT --launcher pytorch
 """
@@ -13,7 +16,7 @@ elif ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from errors import UserError  # noqa: E402
-from segmentation.cli import common_parser, load_config, run_cli  # noqa: E402
+from segmentation.cli import build_runner, common_parser, load_config, run_cli  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -37,13 +40,13 @@ def testing_config(args):
 
 
 def main(argv=None):
-    from mmengine.runner import Runner
     from segmentation.distributed import prepare_cpu_distributed
     from segmentation.layouts import check_config_data
-    cfg = testing_config(parse_args(argv))
+    args = parse_args(argv)
+    cfg = testing_config(args)
     check_config_data(cfg, splits=('test_dataloader',))
     prepare_cpu_distributed(cfg)
-    Runner.from_cfg(cfg).test()
+    build_runner(cfg, trusted=args.trusted).test()
 
 
 if __name__ == '__main__':

@@ -7,6 +7,8 @@
 ``--backbone-checkpoint`` is the classification checkpoint to start from (this project's main.py
 output or a release file), the same as ``--cfg-options model.backbone.init_cfg.checkpoint=CKPT``.
 ``--resume`` continues from the last checkpoint in the work dir (or ``--resume-from FILE``).
+Checkpoints are read weights-only (a file that could run code is refused); ``--trusted`` reads
+mmengine checkpoints from a source you trust in full (``segmentation/checkpoints.py``).
 """
 import os.path as osp
 import sys
@@ -17,7 +19,8 @@ if sys.path and osp.abspath(sys.path[0]) == osp.dirname(osp.abspath(__file__)):
 elif ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from segmentation.cli import common_parser, load_config, run_cli  # noqa: E402
+from errors import UserError  # noqa: E402
+from segmentation.cli import build_runner, common_parser, load_config, run_cli  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -34,6 +37,8 @@ def training_config(args):
     cfg = load_config(args)
     if args.backbone_checkpoint:
         cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=args.backbone_checkpoint)
+    if args.resume_from and '://' not in args.resume_from and not osp.isfile(args.resume_from):
+        raise UserError(f'--resume-from: checkpoint not found: {args.resume_from}')
     if args.resume or args.resume_from:
         cfg.resume = True
         cfg.load_from = args.resume_from  # None: mmengine finds the work dir's last checkpoint
@@ -44,13 +49,13 @@ def training_config(args):
 
 
 def main(argv=None):
-    from mmengine.runner import Runner
     from segmentation.distributed import prepare_cpu_distributed
     from segmentation.layouts import check_config_data
-    cfg = training_config(parse_args(argv))
+    args = parse_args(argv)
+    cfg = training_config(args)
     check_config_data(cfg)
     prepare_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg, trusted=args.trusted)
     runner.train()
     return runner
 

@@ -33,7 +33,7 @@ def test_cli_prints_any_user_facing_error_as_one_line(monkeypatch, capsys):
         raise SubProjectError('the prompt file is missing: pass --prompts FILE')
 
     monkeypatch.setattr(main, 'run', fail)
-    assert main.cli(['--output_dir', '']) == 1
+    assert main.cli(['--output_dir', '']) == 2
     assert capsys.readouterr().err == 'error: the prompt file is missing: pass --prompts FILE\n'
 
 

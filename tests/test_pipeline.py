@@ -199,10 +199,10 @@ def _error(capsys):
 
 
 def test_unknown_model_lists_close_matches(capsys):
-    assert cli('--model', 'absvit_smal_patch16_224', '--output_dir', '') == 1
+    assert cli('--model', 'absvit_smal_patch16_224', '--output_dir', '') == 2
     err = _error(capsys)
     assert "unknown model 'absvit_smal_patch16_224'" in err and 'absvit_small_patch16_224' in err
-    assert cli('--model', 'vit_micro_patch4_28_gap', '--td-mode', 'qkv', '--output_dir', '') == 1
+    assert cli('--model', 'vit_micro_patch4_28_gap', '--td-mode', 'qkv', '--output_dir', '') == 2
     assert '--td-mode applies to top-down' in _error(capsys)
 
 
@@ -215,14 +215,14 @@ def test_td_mode_reaches_the_model():
 
 @needs_fmnist
 def test_batch_size_larger_than_dataset(capsys):
-    assert cli('--train-limit', 20, '--batch-size', 32, '--val-limit', 8, '--output_dir', '', '--no-progress') == 1
+    assert cli('--train-limit', 20, '--batch-size', 32, '--val-limit', 8, '--output_dir', '', '--no-progress') == 2
     assert '--batch-size 32 is larger than the 20 training samples' in _error(capsys)
 
 
 def test_missing_dataset(tmp_path, capsys):
-    assert cli('--data-path', tmp_path / 'nothing', '--output_dir', '') == 1
+    assert cli('--data-path', tmp_path / 'nothing', '--output_dir', '') == 2
     assert 'apt-get install dataset-fashion-mnist' in _error(capsys)
-    assert cli('--data-set', 'IMNET', '--output_dir', '') == 1
+    assert cli('--data-set', 'IMNET', '--output_dir', '') == 2
     assert 'needs --data-path' in _error(capsys)
 
 
@@ -234,7 +234,7 @@ def test_unreadable_image_names_its_path(tmp_path, capsys):
     rc = cli('--data-set', 'FOLDER', '--data-path', root, '--model', 'vit_micro_patch4_28_gap', '--epochs', 1,
              '--batch-size', 2, '--num_workers', 1, '--aa', 'none', '--mixup', 0, '--cutmix', 0,
              '--no-repeated-aug', '--no-model-ema', '--output_dir', '', '--no-progress')
-    assert rc == 1
+    assert rc == 2
     err = _error(capsys)
     assert f'cannot read image file {bad}' in err and err.count('\n') == 1
 
@@ -243,14 +243,14 @@ def test_checkpoint_for_another_model(tmp_path, capsys):
     ckpt = tmp_path / 'vit.pth'
     torch.save({'model': timm.create_model('vit_micro_patch4_28_gap').state_dict()}, ckpt)
     assert cli('--model', 'absvit_micro_patch4_28_gap', '--eval', '--resume', ckpt, '--val-limit', 8,
-               '--output_dir', '', '--no-progress') == 1
+               '--output_dir', '', '--no-progress') == 2
     err = _error(capsys)
     assert 'does not match AbSViT' in err and 'missing' in err and 'prompt' in err
     torch.save({'model': timm.create_model('absvit_micro_patch4_28_gap', embed_dim=32, num_heads=2).state_dict()},
                ckpt)
-    assert cli('--eval', '--resume', ckpt, '--val-limit', 8, '--output_dir', '', '--no-progress') == 1
+    assert cli('--eval', '--resume', ckpt, '--val-limit', 8, '--output_dir', '', '--no-progress') == 2
     assert 'wrong shape' in _error(capsys)
-    assert cli('--eval', '--resume', tmp_path / 'none.pth', '--output_dir', '') == 1
+    assert cli('--eval', '--resume', tmp_path / 'none.pth', '--output_dir', '') == 2
     assert 'checkpoint not found' in _error(capsys)
 
 
@@ -275,7 +275,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeyp
     out = tmp_path / 'nan'
     rc = cli('--model', 'vit_micro_patch4_28_gap', '--epochs', 2, '--train-limit', 256, '--batch-size', 32,
              '--val-limit', 32, '--output_dir', out, '--no-progress')
-    assert rc == 1
+    assert rc == 2
     err = _error(capsys)
     assert 'loss is nan at epoch 2, step 1/8' in err and 'intact' in err and str(out / 'checkpoint.pth') in err
     ckpt = torch.load(out / 'checkpoint.pth', weights_only=True)
@@ -335,7 +335,7 @@ def test_speed_flags_train_the_same_weights(tmp_path, capsys):
 @needs_fmnist
 def test_fused_opt_on_for_an_optimizer_without_one(capsys):
     assert cli('--model', 'vit_micro_patch4_28_gap', '--opt', 'sgd', '--fused-opt', 'on', *QUICK,
-               '--output_dir', '') == 1
+               '--output_dir', '') == 2
     assert 'no fused version of --opt sgd' in _error(capsys)
 
 

@@ -224,13 +224,13 @@ def test_composites_refuse_mixup_and_multilabel_data(tmp_path):
     common = ['--model', MICRO, '--epochs', 1, '--train-limit', 64, '--val-limit', 16, '--batch-size', 16,
               '--composite-prob', 0.5, '--output_dir', tmp_path, '--no-progress']
     r = run_main(*common, '--mixup', 0.8)
-    assert r.returncode == 1 and 'turn mixup/cutmix off' in r.stderr
+    assert r.returncode == 2 and 'turn mixup/cutmix off' in r.stderr
     r = run_main(*common, '--composite-prob', 0.5, '--data-set', 'FMNIST_ML')
-    assert r.returncode == 1 and 'classification dataset' in r.stderr
+    assert r.returncode == 2 and 'classification dataset' in r.stderr
     r = run_main(*common, '--present-prior-prob', 0.9)
-    assert r.returncode == 1 and 'at most 1' in r.stderr
+    assert r.returncode == 2 and 'at most 1' in r.stderr
     r = run_main(*common, '--loss', 'asl')
-    assert r.returncode == 1 and 'PriorTargetLoss' in r.stderr and '--loss asl' in r.stderr
+    assert r.returncode == 2 and 'PriorTargetLoss' in r.stderr and '--loss asl' in r.stderr
 
 
 @needs_fmnist

@@ -73,8 +73,8 @@ def test_steering_figure_writes_the_figure_and_refuses_pickled_training_state(tm
     assert Image.open(out).size[0] > Image.open(out).size[1] > 0
     torch.save({'state_dict': {}, 'message_hub': {'history': __import__('collections').OrderedDict(a=object)}},
                tmp_path / 'pickled.pth')
-    from errors import UserError
-    with pytest.raises(UserError, match='--trusted'):
+    from models.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match='--trusted'):
         steering_figure.read_weights(str(tmp_path / 'pickled.pth'), trusted=False)
 
 

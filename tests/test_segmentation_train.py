@@ -111,7 +111,7 @@ def test_iou_metric_equals_a_hand_computation():
 def test_wrong_dataset_layout_is_one_clear_error(tmp_path):
     data = write_voc(str(tmp_path / 'voc'))  # a VOC folder given to the ADE20K config
     r = run_tool('train.py', TINY / 'upernet_absvit-tiny_ade20k.py', '--work-dir', tmp_path / 'w', '--data-root', data)
-    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert r.returncode == 2 and 'Traceback' not in r.stderr
     assert 'ADE20KDataset' in r.stderr and 'images/training is missing' in r.stderr
     assert 'ADEChallengeData2016/{images,annotations}' in r.stderr
 
@@ -124,5 +124,5 @@ def test_label_map_with_out_of_range_ids_is_one_clear_error(tmp_path):
     Image.fromarray(label).save(bad)
     r = run_tool('train.py', TINY / 'upernet_absvit-tiny_cityscapes.py', '--work-dir', tmp_path / 'w',
                  '--data-root', data)
-    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert r.returncode == 2 and 'Traceback' not in r.stderr
     assert bad.name in r.stderr and '[33]' in r.stderr and 'outside [0, 19)' in r.stderr

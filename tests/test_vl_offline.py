@@ -110,7 +110,7 @@ def test_bad_settings_are_one_clear_error(capsys):
                           (['--seeds', '0', '0'], 'repeats a seed'), (['--patch-size', '5'], 'patch size 5')]:
         with pytest.raises(UserError, match=message):
             parse_args(argv)
-    assert main(['--steps', '0']) == 2 and 'error: these must be positive: --steps 0' in capsys.readouterr().out
+    assert main(['--steps', '0']) == 2 and 'error: these must be positive: --steps 0' in capsys.readouterr().err
 
 
 @needs_fmnist

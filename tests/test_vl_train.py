@@ -94,9 +94,9 @@ def test_flickr_training_and_recall_evaluation(tmp_path):
 
 def test_missing_files_are_named(tmp_path, capsys):
     assert train.main(_args(tmp_path, tmp_path / 'out')) == 2
-    assert 'v2_OpenEnded_mscoco_train2014_questions.json' in capsys.readouterr().out
+    assert 'v2_OpenEnded_mscoco_train2014_questions.json' in capsys.readouterr().err
     assert train.main(_args(tmp_path, tmp_path / 'out', '--task', 'flickr')) == 2
-    assert 'dataset_flickr30k.json' in capsys.readouterr().out
+    assert 'dataset_flickr30k.json' in capsys.readouterr().err
     make_vqa_root(tmp_path)
     assert train.main(_args(tmp_path, tmp_path / 'out', '--batch-size', '6')) == 2
-    assert 'not a multiple' in capsys.readouterr().out
+    assert 'not a multiple' in capsys.readouterr().err

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets.fmnist import FashionMNIST
-from errors import UserError, UserFacingError
+from errors import UserError, run_cli
 from vision_language.image_encoder import load_image_weights
 from vision_language.model import VLModel
 from vision_language.objectives import total_loss, vqa_loss
@@ -349,14 +349,12 @@ def experiment(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
     return results
 
 
+def _run_command_line(argv=None) -> None:
+    print(table(experiment(parse_args(argv))))
+
+
 def main(argv=None) -> int:
-    try:
-        results = experiment(parse_args(argv))
-    except UserFacingError as e:
-        print(f'error: {e}')
-        return 2
-    print(table(results))
-    return 0
+    return run_cli(_run_command_line, argv)
 
 
 if __name__ == '__main__':

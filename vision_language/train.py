@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import misc
 from engine import autocast
-from errors import NonFiniteLossError, UserError, UserFacingError
+from errors import NonFiniteLossError, UserError, run_cli
 from train_state import TrainState, gather_rng_states
 from vision_language.data import MAX_TEXT_LEN, TextCollate, image_transform
 from vision_language.image_encoder import load_image_weights
@@ -276,15 +276,12 @@ def run(args) -> Dict[str, float]:
     return stats
 
 
+def _run_command_line(argv=None) -> None:
+    run(parse_args(argv))
+
+
 def main(argv=None) -> int:
-    try:
-        run(parse_args(argv))
-    except UserFacingError as e:
-        print(f'error: {e}')
-        return 2
-    finally:
-        misc.cleanup_distributed()
-    return 0
+    return run_cli(_run_command_line, argv, cleanup=misc.cleanup_distributed)
 
 
 if __name__ == '__main__':
