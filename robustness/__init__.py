@@ -17,21 +17,26 @@ from typing import Callable, Dict
 
 from errors import UserError
 
+from . import benchmarks
+
 _logger = logging.getLogger('absvit.robustness')
 
-PATH_FLAGS = ('inc_path', 'ina_path', 'inr_path', 'insk_path')
+
+def path_flags() -> tuple:
+    """The ``args`` attributes of the benchmark folders: ImageNet-C's, then one per folder benchmark row."""
+    return ('inc_path',) + tuple(b.dest for b in benchmarks.rows())
 
 
 def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add this package's flags; those of the folder benchmarks come from their rows, read now."""
     g = parser.add_argument_group('robustness (with --eval; see docs/robustness.md)')
     g.add_argument('--inc_path', '--inc-path', default=None, metavar='DIR',
                    help='ImageNet-C: DIR/<corruption>/<severity 1..5>/<wnid>/*.JPEG; reports top-1, CE and mCE')
     g.add_argument('--inc_corruption', '--inc-corruption', default=None, metavar='NAMES',
                    help='ImageNet-C corruptions to evaluate (comma-separated, all, extra, all+extra); '
                         'default: every corruption folder present')
-    g.add_argument('--ina_path', '--ina-path', default=None, metavar='DIR', help='ImageNet-A: DIR/<wnid>/*')
-    g.add_argument('--inr_path', '--inr-path', default=None, metavar='DIR', help='ImageNet-R: DIR/<wnid>/*')
-    g.add_argument('--insk_path', '--insk-path', default=None, metavar='DIR', help='ImageNet-Sketch: DIR/<wnid>/*')
+    for bench in benchmarks.rows():
+        g.add_argument(*bench.flags, default=None, metavar='DIR', help=bench.help)
     g.add_argument('--fgsm_test', '--fgsm-test', action='store_true',
                    help='FGSM on the val set: one step of eps (default 1/255) in pixel space')
     g.add_argument('--pgd_test', '--pgd-test', action='store_true',
@@ -62,7 +67,7 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def requested(args) -> bool:
     """True when any robustness evaluation was asked for."""
-    return bool(any(getattr(args, k, None) for k in PATH_FLAGS) or getattr(args, 'fgsm_test', False)
+    return bool(any(getattr(args, k, None) for k in path_flags()) or getattr(args, 'fgsm_test', False)
                 or getattr(args, 'pgd_test', False) or getattr(args, 'corruption', None))
 
 

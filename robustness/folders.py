@@ -5,8 +5,9 @@ Expected layouts (``<wnid>`` is an ImageNet class id such as ``n01440764``):
 * ImageNet-C (``--inc_path DIR``): ``DIR/<corruption>/<severity 1..5>/<wnid>/*.JPEG``, e.g.
   ``DIR/gaussian_noise/3/n01440764/ILSVRC2012_val_00000293.JPEG`` (the released tarballs, extracted into
   one folder). Images are 224 x 224 crops already: they are centre-cropped to the input size, not resized.
-* ImageNet-A / ImageNet-R / ImageNet-Sketch (``--ina_path`` / ``--inr_path`` / ``--insk_path DIR``):
-  ``DIR/<wnid>/*`` (200 class folders for A and R, 1000 for Sketch), the usual eval resize and crop.
+* The folder benchmarks of ``robustness.benchmarks``, ImageNet-A / ImageNet-R / ImageNet-Sketch (``--ina_path``
+  / ``--inr_path`` / ``--insk_path DIR``): ``DIR/<wnid>/*`` (200 class folders for A and R, 1000 for Sketch),
+  the usual eval resize and crop.
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def check_class_folders(folder: str, flag: str) -> List[str]:
 
 
 def class_folder_root(root: str, flag: str) -> List[str]:
-    """Check an ImageNet-A/R/Sketch folder; returns its wnid class folders."""
+    """Check a folder benchmark's folder (ImageNet-A/R/Sketch, ...); returns its wnid class folders."""
     _require_dir(root, flag, CLASS_LAYOUT)
     subs = _subdirs(root)
     if len(subs) == 1 and not WNID.match(subs[0]):   # e.g. DIR/imagenet-a/<wnid>/...

@@ -6,13 +6,20 @@ import json
 import os
 from typing import Dict, List, Optional
 
+from . import benchmarks
 from .corruptions.params import CORRUPTIONS, EXTRA_CORRUPTIONS
 
 JSON_NAME, MD_NAME, PNG_NAME = 'robustness.json', 'robustness.md', 'robustness_severity.png'
 #: Report sections holding per-corruption accuracies, and their titles.
 CORRUPTION_SECTIONS = {'imagenet_c': 'ImageNet-C', 'corruptions': 'Corrupted on the fly'}
-SINGLE_SECTIONS = {'clean': 'Clean', 'imagenet_a': 'ImageNet-A', 'imagenet_r': 'ImageNet-R',
-                   'imagenet_sketch': 'ImageNet-Sketch', 'fgsm': 'FGSM', 'pgd': 'PGD'}
+#: Attack sections (one top-1 each; their line is named by the attack's repr when the section has it).
+ATTACK_SECTIONS = {'fgsm': 'FGSM', 'pgd': 'PGD'}
+
+
+def single_sections() -> Dict[str, str]:
+    """Sections with one top-1 each, in report order, and their titles: the folder benchmarks (one per row of
+    ``benchmarks.FOLDER_BENCHMARKS``), then the attacks."""
+    return {**{b.key: b.title for b in benchmarks.rows()}, **ATTACK_SECTIONS}
 
 
 def _f(v, digits=2) -> str:
@@ -37,10 +44,10 @@ def _summary_rows(report: Dict) -> List[str]:
         if s.get('extra_acc_mean') is not None:
             rows.append(f'| {title} | extra corruptions: mean CE ↓ / mean top-1 | {_f(s["extra_mce"])} / '
                         f'{_f(s["extra_acc_mean"])} |')
-    for key in ('imagenet_a', 'imagenet_r', 'imagenet_sketch', 'fgsm', 'pgd'):
+    for key, title in single_sections().items():
         sec = report.get(key)
         if sec:
-            name = sec['attack'] if 'attack' in sec else SINGLE_SECTIONS[key]
+            name = sec['attack'] if 'attack' in sec else title
             note = f' ({sec["classes"]} classes)' if 'classes' in sec else ''
             rows.append(f'| {name}{note} | top-1 | {_f(sec["acc1"])} |')
     return rows

@@ -21,7 +21,7 @@ import datasets
 from datasets.transforms import ConvertMode, fit_channels, input_hw
 from errors import UserError
 
-from . import folders, wnids
+from . import benchmarks, folders, wnids
 from .attacks import FGSM, PGD
 from .corruptions import Corruption, missing_requirement, parse_corruptions, parse_severities
 from .metrics import summarise
@@ -38,14 +38,10 @@ class Plan:
     inc_root: Optional[str] = None
     imagenet_c: Dict[str, Dict[int, str]] = field(default_factory=dict)   # corruption -> severity -> folder
     model_wnids: Optional[Sequence[str]] = None
-    folders: Dict[str, str] = field(default_factory=dict)                 # imagenet_a/_r/_sketch -> root
-    classes: Dict[str, List[str]] = field(default_factory=dict)           # imagenet_a/_r/_sketch -> label order
+    folders: Dict[str, str] = field(default_factory=dict)                 # folder benchmark key -> root
+    classes: Dict[str, List[str]] = field(default_factory=dict)           # folder benchmark key -> label order
     fgsm: bool = False
     pgd: bool = False
-
-
-FOLDER_FLAGS = {'imagenet_a': ('ina_path', '--ina_path'), 'imagenet_r': ('inr_path', '--inr_path'),
-                'imagenet_sketch': ('insk_path', '--insk_path')}
 
 
 def _num_outputs(model) -> Optional[int]:
@@ -60,8 +56,9 @@ def _model_wnids(args, model) -> List[str]:
     n = _num_outputs(model)
     if n is not None and n != len(names):
         src = path or 'the ImageNet-1k list'
+        flags = '/'.join(['--inc_path'] + [b.flag for b in benchmarks.rows()])
         raise folders.LayoutError(
-            f'ImageNet benchmarks (--inc_path/--ina_path/--inr_path/--insk_path) need the wnid of every model '
+            f'ImageNet benchmarks ({flags}) need the wnid of every model '
             f'output: the model has {n} outputs but {src} has {len(names)} wnids. Evaluate an ImageNet-1k model, '
             'or pass --robust_wnids FILE with one wnid per output column.')
     return names
@@ -74,17 +71,23 @@ def _check_classes(folder: str, allowed: Sequence[str], flag: str, what: str) ->
                                   f'the {len(allowed)} {what}.')
 
 
-def _subset_classes(key: str, model_wnids: Sequence[str]) -> List[str]:
-    """The label order of ImageNet-A/R: their 200 wnids that are model outputs (all 200 for a 1k model)."""
-    subset = wnids.wnids(key)
+def _subset_classes(bench: benchmarks.FolderBenchmark, model_wnids: Sequence[str]) -> List[str]:
+    """The label order of a benchmark with a class subset (ImageNet-A/R): its wnids that are model outputs
+    (all 200 for a 1k model)."""
+    subset = wnids.wnids(bench.key)
     kept = [w for w in subset if w in set(model_wnids)]
-    flag = FOLDER_FLAGS[key][1]
     if not kept:
-        raise folders.LayoutError(f'{flag}: none of the {len(subset)} {key} classes is among the model\'s classes.')
+        raise folders.LayoutError(f'{bench.flag}: none of the {len(subset)} {bench.key} classes is among the '
+                                  'model\'s classes.')
     if len(kept) < len(subset):
         _logger.warning('%s: only %d of its %d classes are model outputs; the logits are restricted to those',
-                        key, len(kept), len(subset))
+                        bench.key, len(kept), len(subset))
     return kept
+
+
+def _benchmark_classes(bench: benchmarks.FolderBenchmark, model_wnids: Sequence[str]) -> List[str]:
+    """The label order of a folder benchmark: its subset's model classes, or every model class."""
+    return list(model_wnids) if bench.subset is None else _subset_classes(bench, model_wnids)
 
 
 def plan(args, model) -> Plan:
@@ -100,7 +103,7 @@ def plan(args, model) -> Plan:
     if getattr(args, 'inc_corruption', None) and not inc:
         raise UserError('--inc_corruption selects ImageNet-C folders: it needs --inc_path '
                           '(--corruption corrupts the val split on the fly)')
-    roots = {key: getattr(args, attr, None) for key, (attr, _) in FOLDER_FLAGS.items()}
+    roots = {bench: getattr(args, bench.dest, None) for bench in benchmarks.rows()}
     if inc or any(roots.values()):
         p.model_wnids = _model_wnids(args, model)
     if inc:
@@ -110,14 +113,12 @@ def plan(args, model) -> Plan:
         for by_sev in p.imagenet_c.values():
             for folder in by_sev.values():
                 _check_classes(folder, p.model_wnids, '--inc_path', 'model classes')
-    for key, root in roots.items():
-        if not root:
-            continue
-        flag = FOLDER_FLAGS[key][1]
-        folders.class_folder_root(root, flag)
-        p.classes[key] = list(p.model_wnids) if key == 'imagenet_sketch' else _subset_classes(key, p.model_wnids)
-        _check_classes(root, p.classes[key], flag, f'{key} classes the model can output')
-        p.folders[key] = root
+    for bench, root in roots.items():
+        if root:
+            folders.class_folder_root(root, bench.flag)
+            p.classes[bench.key] = _benchmark_classes(bench, p.model_wnids)
+            _check_classes(root, p.classes[bench.key], bench.flag, f'{bench.key} classes the model can output')
+            p.folders[bench.key] = root
     return p
 
 
@@ -195,12 +196,13 @@ def imagenet_c(r: Runner, p: Plan) -> Dict:
             for c, by_sev in p.imagenet_c.items()}
 
 
-def class_folder(r: Runner, p: Plan, key: str) -> Dict:
-    classes = p.classes[key]
+def class_folder(r: Runner, p: Plan, bench: benchmarks.FolderBenchmark) -> Dict:
+    """Top-1 on one folder benchmark; with a class subset the logits are restricted to its columns."""
+    classes = p.classes[bench.key]
     index = {w: i for i, w in enumerate(classes)}
-    mask = None if key == 'imagenet_sketch' else wnids.class_mask(classes, p.model_wnids)
-    stats = r.evaluate(r.folder(p.folders[key], index, FOLDER_FLAGS[key][1]), key, class_mask=mask)
-    return {'source': p.folders[key], 'classes': len(classes), **stats}
+    mask = None if bench.subset is None else wnids.class_mask(classes, p.model_wnids)
+    stats = r.evaluate(r.folder(p.folders[bench.key], index, bench.flag), bench.key, class_mask=mask)
+    return {'source': p.folders[bench.key], 'classes': len(classes), **stats}
 
 
 def execute(p: Plan, args, r: Runner) -> Dict:
@@ -219,8 +221,9 @@ def execute(p: Plan, args, r: Runner) -> Dict:
                                                     acc)
     if p.imagenet_c:
         report['imagenet_c'] = _corruption_section(p.inc_root, _timed(t, 'imagenet_c', lambda: imagenet_c(r, p)))
-    for key in p.folders:
-        report[key] = _timed(t, key, lambda: class_folder(r, p, key))
+    for bench in benchmarks.rows():
+        if bench.key in p.folders:
+            report[bench.key] = _timed(t, bench.key, lambda: class_folder(r, p, bench))
     mean, std = _norm(args)
     eps = _eps(args, 'attack_eps', 1.0)
     attacks = []

@@ -1,10 +1,11 @@
 """ImageNet class lists (wnids) from the data files in ``robustness/data``, and the class masks built from
-them: the model's output columns of a 200-class subset (ImageNet-A, ImageNet-R).
+them: the model's output columns of a class subset (ImageNet-A, ImageNet-R).
 
 * ``imagenet_wnids.txt``: the 1000 ImageNet-1k wnids in the standard (sorted) order: output column i of an
   ImageNet classifier is wnid i.
 * ``imagenet_a_wnids.txt`` / ``imagenet_r_wnids.txt``: the 200 classes of ImageNet-A / ImageNet-R (sorted),
-  as released by hendrycks/natural-adv-examples and hendrycks/imagenet-r.
+  as released by hendrycks/natural-adv-examples and hendrycks/imagenet-r. Which benchmark uses which list is
+  the ``subset`` of its row in ``robustness.benchmarks``.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from typing import List, Sequence
 
 import torch
 
+from . import benchmarks
+
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
-FILES = {'imagenet': 'imagenet_wnids.txt', 'imagenet_a': 'imagenet_a_wnids.txt',
-         'imagenet_r': 'imagenet_r_wnids.txt'}
+IMAGENET_FILE = 'imagenet_wnids.txt'
 
 
 def read_wnids(path: str) -> List[str]:
@@ -30,10 +32,21 @@ def read_wnids(path: str) -> List[str]:
     return wnids
 
 
-@functools.lru_cache(maxsize=None)
 def wnids(name: str) -> tuple:
-    """The wnid list ``name`` ('imagenet', 'imagenet_a' or 'imagenet_r')."""
-    return tuple(read_wnids(os.path.join(DATA_DIR, FILES[name])))
+    """The wnid list ``name``: 'imagenet' (the 1000 classes), or the key of a folder benchmark with a class
+    subset ('imagenet_a', 'imagenet_r', ...)."""
+    if name == 'imagenet':
+        return _data_file(IMAGENET_FILE)
+    subset = benchmarks.by_key(name).subset
+    if subset is None:
+        raise ValueError(f'{name} has no class subset: it covers every class of the model')
+    return _data_file(subset)
+
+
+@functools.lru_cache(maxsize=None)
+def _data_file(file: str) -> tuple:
+    """A wnid file of ``robustness/data`` (or an absolute path), read once."""
+    return tuple(read_wnids(os.path.join(DATA_DIR, file)))
 
 
 def class_mask(subset: Sequence[str], model_wnids: Sequence[str]) -> torch.Tensor:

@@ -17,7 +17,7 @@ from PIL import Image
 
 import errors
 import robustness
-from robustness import folders, metrics, report, runner, wnids
+from robustness import benchmarks, folders, metrics, report, runner, wnids
 from robustness.attacks import FGSM, PGD
 from robustness.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
 
@@ -177,6 +177,105 @@ def test_report_files(tmp_path):
         assert im.size[0] > 300
 
 
+# ------------------------------------------------------------------------------------------------ the benchmark table
+
+def _add_rows(monkeypatch, subset_file):
+    """Two folder benchmarks that exist only in this test, added as rows: one with a class subset (like
+    ImageNet-A/R), one covering every model class (like ImageNet-Sketch)."""
+    rows = (benchmarks.FolderBenchmark('imagenet_o', '--ino_path', 'ImageNet-O', subset=str(subset_file)),
+            benchmarks.FolderBenchmark('imagenet_v2', '--inv2_path', 'ImageNet-V2'))
+    monkeypatch.setattr(benchmarks, 'FOLDER_BENCHMARKS', benchmarks.FOLDER_BENCHMARKS + rows)
+
+
+def test_a_new_row_makes_its_flag(tmp_path, monkeypatch):
+    """The flag, its dashed spelling and requested() follow the table; before the row there is no flag."""
+    with pytest.raises(SystemExit):
+        robustness.add_args(argparse.ArgumentParser()).parse_args(['--ino_path', '/x'])
+    _add_rows(monkeypatch, tmp_path / 'unused.txt')
+    parser = robustness.add_args(argparse.ArgumentParser())
+    args = parser.parse_args(['--ino-path', '/o', '--inv2_path', '/v'])
+    assert args.ino_path == '/o' and args.inv2_path == '/v' and args.ina_path is None
+    assert robustness.requested(parser.parse_args(['--inv2-path', '/v']))
+    assert 'ImageNet-O: DIR/<wnid>/*' in parser.format_help()
+    with pytest.raises(ValueError, match="flag 'ino' is not a --snake_case flag like --ina_path"):
+        benchmarks.FolderBenchmark('imagenet_o', 'ino', 'ImageNet-O')
+    monkeypatch.setattr(benchmarks, 'FOLDER_BENCHMARKS', benchmarks.FOLDER_BENCHMARKS[:1] * 2)
+    with pytest.raises(ValueError, match='duplicated key imagenet_a'):
+        robustness.add_args(argparse.ArgumentParser())
+
+
+def _row_tree(root: Path):
+    """Model wnids (10 ImageNet classes), a subset list of 3 wnids (the first not a model class, the others in
+    reverse model order) and the folders of both new benchmarks and of ImageNet-A."""
+    a = sorted(wnids.wnids('imagenet_a'))
+    model = sorted(wnids.wnids('imagenet'))[:9] + a[-1:]
+    (root / 'wnids.txt').write_text('\n'.join(model) + '\n')
+    subset = ['n15075141', model[5], model[2]]
+    (root / 'ino_wnids.txt').write_text('\n'.join(subset) + '\n')
+    for tree, classes in (('ino', subset[1:]), ('inv2', model[:3]), ('ina', a[-1:]), ('ino_bad', model[:1])):
+        for c in classes:
+            _img(root / tree / c / '0.png')
+    return model
+
+
+def test_a_new_row_is_planned_evaluated_and_reported(tmp_path, monkeypatch, caplog):
+    """A row added to the table is evaluated with its classes and mask and reported after the existing rows,
+    before the attacks; nothing else names it."""
+    fmnist('t10k', 1)  # skips without the Fashion-MNIST files (the FGSM val split)
+    import main
+    model_wnids = _row_tree(tmp_path)
+    _add_rows(monkeypatch, tmp_path / 'ino_wnids.txt')
+    args = main.parse_args(['--val-limit', '4', '--robust_no_clean', '--fgsm_test', '--robust_wnids',
+                            str(tmp_path / 'wnids.txt'), '--ina_path', str(tmp_path / 'ina'),
+                            '--ino_path', str(tmp_path / 'ino'), '--inv2_path', str(tmp_path / 'inv2')])
+    model = timm.create_model('vit_micro_patch4_28_gap')
+    main.resolve_data_args(args, model)
+    calls = {}
+
+    def evaluate(loader, net, device, amp_dtype=None, desc='', attack=None, class_mask=None):
+        ds = loader.dataset
+        calls[desc] = ([int(ds[i][1]) for i in range(len(ds))], None if class_mask is None else class_mask.tolist())
+        return {'acc1': 10.0 * len(calls), 'n': len(ds)}
+
+    with caplog.at_level('WARNING', logger='absvit.robustness'):
+        rep = robustness.run(args, model, torch.device('cpu'), tmp_path / 'out', amp_dtype=None,
+                             make_loader=lambda ds: torch.utils.data.DataLoader(ds, batch_size=4), evaluate=evaluate)
+    assert 'imagenet_o: only 2 of its 3 classes are model outputs' in caplog.text
+    assert list(calls) == ['imagenet_a', 'imagenet_o', 'imagenet_v2', 'FGSM']
+    # subset row: labels are positions in the subset's model classes (subset order), logits masked to them
+    assert calls['imagenet_o'] == ([1, 0], [5, 2])
+    # every-class row: labels are the model's columns, logits whole
+    assert calls['imagenet_v2'] == ([0, 1, 2], None)
+    assert [k for k in rep if k not in ('meta', 'timings')] == ['imagenet_a', 'imagenet_o', 'imagenet_v2', 'fgsm']
+    assert rep['imagenet_o']['classes'] == 2 and rep['imagenet_v2']['classes'] == len(model_wnids) == 10
+    assert {'imagenet_o', 'imagenet_v2'} <= set(rep['timings'])
+    md = (tmp_path / 'out' / 'robustness.md').read_text()
+    lines = [ln for ln in md.splitlines() if '| top-1 |' in ln]
+    assert lines[1:3] == ['| ImageNet-O (2 classes) | top-1 | 20.00 |', '| ImageNet-V2 (10 classes) | top-1 | 30.00 |']
+    assert lines[0].startswith('| ImageNet-A (') and lines[3].startswith('| FGSM') and len(lines) == 4
+
+
+def test_a_new_row_is_checked_before_evaluation(tmp_path, monkeypatch):
+    """Layout and class errors of a new row name its flag, as those of the built-in rows do."""
+    _row_tree(tmp_path)
+    _add_rows(monkeypatch, tmp_path / 'ino_wnids.txt')
+    parser = robustness.add_args(argparse.ArgumentParser())
+    wnid_file = ['--robust_wnids', str(tmp_path / 'wnids.txt')]
+    cases = [(['--ino_path', str(tmp_path / 'ino_bad')], r'--ino_path: class folder\(s\) n01440764 .* not among the 2 '
+                                                        'imagenet_o classes'),
+             (['--inv2_path', str(tmp_path / 'nope')], '--inv2_path .*nope: no such folder'),
+             (['--inv2_path', str(tmp_path / 'ino')], None)]
+    for argv, msg in cases:
+        if msg is None:
+            assert runner.plan(parser.parse_args(argv + wnid_file), None).folders == {'imagenet_v2': argv[1]}
+            continue
+        with pytest.raises(folders.LayoutError, match=msg):
+            runner.plan(parser.parse_args(argv + wnid_file), None)
+    ten_outputs = timm.create_model('vit_micro_patch4_28_gap')
+    with pytest.raises(folders.LayoutError, match='/--insk_path/--ino_path/--inv2_path\\) need the wnid'):
+        runner.plan(parser.parse_args(['--inv2_path', str(tmp_path / 'inv2')]), ten_outputs)
+
+
 # ------------------------------------------------------------------------------------------------ attacks
 
 @pytest.fixture(scope='module')
@@ -319,7 +418,7 @@ def test_fake_benchmarks_end_to_end_through_main(tmp_path):
                                    '--inc_path', str(tmp_path / 'inc' / 'fog'), '--robust_wnids',
                                    str(tmp_path / 'wnids.txt')],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 1 and 'Expected layout: DIR/<corruption>/<severity 1..5>/<wnid>' in bad.stderr
+    assert bad.returncode == 2 and 'Expected layout: DIR/<corruption>/<severity 1..5>/<wnid>' in bad.stderr
     assert 'Traceback' not in bad.stderr
 
 
