@@ -32,13 +32,13 @@ from .fmnist import CLASSES as FMNIST_CLASSES, FashionMNIST
 from .folder import load_image
 from .transforms import ConvertMode, fit_channels, input_hw, pillow_safe_posterize
 
-__all__ = ['VOC_CLASSES', 'CocoMultiLabel', 'VocMultiLabel', 'FashionMNISTCanvases', 'Cutout',
-           'build_multilabel_transform', 'build_multilabel_dataset', 'MULTILABEL_CLASSES']
+__all__ = ['VOC_CLASSES', 'COCO_NUM_CLASSES', 'CocoMultiLabel', 'VocMultiLabel', 'FashionMNISTCanvases', 'Cutout',
+           'build_multilabel_transform', 'build_canvases']
 
 VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
                'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor')
-#: Class counts of the multi-label ``--data-set`` choices.
-MULTILABEL_CLASSES = {'COCO2014': 80, 'VOC2007': 20, 'FMNIST_ML': 10}
+#: MS-COCO's object categories (the class counts of every ``--data-set`` are in ``datasets.DATASET_SPECS``)
+COCO_NUM_CLASSES = 80
 
 
 class _MultiLabelFiles(Dataset):
@@ -85,8 +85,8 @@ class CocoMultiLabel(_MultiLabelFiles):
                 targets[rows[a['image_id']], index[a['category_id']]] = 1.0
         except (KeyError, TypeError) as e:
             raise DatasetError(f'{ann_path} is not a COCO instances file (missing {e})') from None
-        if len(cats) != MULTILABEL_CLASSES['COCO2014']:
-            raise DatasetError(f'{ann_path} has {len(cats)} categories, MS-COCO has 80')
+        if len(cats) != COCO_NUM_CLASSES:
+            raise DatasetError(f'{ann_path} has {len(cats)} categories, MS-COCO has {COCO_NUM_CLASSES}')
         self.classes = tuple(c['name'] for c in cats)
         super().__init__([os.path.join(root, split, img['file_name']) for img in images], targets, transform)
 
@@ -222,12 +222,8 @@ def build_multilabel_transform(args, is_train: bool) -> Callable:
     return tf
 
 
-def build_multilabel_dataset(is_train: bool, args, root: str, limit: Optional[int] = None) -> Dataset:
-    """The split of a multi-label ``args.data_set`` with its transform."""
-    transform = build_multilabel_transform(args, is_train)
-    if args.data_set == 'COCO2014':
-        return CocoMultiLabel(root, is_train, transform)
-    if args.data_set == 'VOC2007':
-        return VocMultiLabel(root, is_train, transform)
+def build_canvases(root: str, is_train: bool, args, transform: Callable, limit: Optional[int] = None) -> Dataset:
+    """``FMNIST_ML``'s split (``datasets.DATASET_SPECS``' builder): ``limit`` canvases (default a third of the
+    split's items), of the input size when ``args`` sets one, else 64 px."""
     return FashionMNISTCanvases(root, is_train, transform, num_canvases=limit,
                                 size=input_hw(args)[0] if getattr(args, 'input_size', None) else 64)

@@ -177,3 +177,37 @@ def test_shipped_configs_say_only_what_differs_from_the_recipe():
         recipe = datasets.recipe(cfg.get('data_set', 'FMNIST'))
         repeated = [k for k, v in cfg.items() if k in recipe and k not in ('model', 'amp') and recipe[k] == v]
         assert not repeated, f'{path.name} repeats the recipe: {repeated}'
+
+
+# ------------------------------------------------------------------------------------------------
+# The dataset table: one row per --data-set decides the task, the class count, the builder and the paths.
+
+def test_every_choice_is_one_row_of_the_table():
+    from datasets import DATASET_SPECS
+    assert datasets.DATASETS == tuple(DATASET_SPECS)
+    expected = {'FMNIST': ('classification', 10), 'IMNET': ('classification', 1000), 'FOLDER': ('classification', None),
+                'COCO2014': ('multilabel', 80), 'VOC2007': ('multilabel', 20), 'FMNIST_ML': ('multilabel', 10)}
+    assert {k: (s.task, s.num_classes) for k, s in DATASET_SPECS.items()} == expected
+    for name, spec in DATASET_SPECS.items():
+        assert datasets.dataset_task(name) == spec.task and datasets.default_data_path(name) == spec.default_path
+        if spec.num_classes is not None:  # known without looking at the data
+            assert datasets.dataset_num_classes(data_args(data_set=name, data_path='/nowhere')) == spec.num_classes
+    assert datasets.dataset_task('CIFAR') == 'classification' and datasets.default_data_path('CIFAR') is None
+    for call in (datasets.dataset_num_classes, lambda a: datasets.build_dataset(False, a)):
+        with pytest.raises(DatasetError, match="unknown --data-set 'CIFAR'; choose one of FMNIST, IMNET, FOLDER"):
+            call(data_args(data_set='CIFAR'))
+    with pytest.raises(DatasetError, match='needs --data-path: VOCdevkit/VOC2007'):
+        datasets.build_dataset(False, data_args(data_set='VOC2007'))
+
+
+def test_a_new_dataset_is_one_row(tmp_path, monkeypatch):
+    """A row with its own builder is all a dataset needs: task, class count, transform and limit follow."""
+    from datasets import DATASET_SPECS, DatasetSpec
+    root = make_folder(tmp_path / 'ds')
+    build = lambda path, is_train, args, transform, limit: datasets.SafeImageFolder(  # noqa: E731
+        os.path.join(path, 'val'), transform=transform)
+    monkeypatch.setitem(DATASET_SPECS, 'PETS', DatasetSpec('classification', 3, build, default_path=root))
+    args = data_args(data_set='PETS', input_size=16, val_limit=4)
+    ds, n = datasets.build_dataset(False, args)
+    assert n == 3 == datasets.dataset_num_classes(args) and len(ds) == 4 and ds[0][0].shape == (1, 16, 16)
+    assert datasets.dataset_task('PETS') == 'classification'

@@ -189,3 +189,40 @@ def test_classification_checkpoint_starts_the_image_encoder(tmp_path):
                                depth=2, num_heads=2)
     with pytest.raises(CheckpointError):
         load_image_weights(wide.vit, str(tmp_path / 'cls.pth'))
+
+
+def test_prior_modes_are_one_table_over_the_tasks():
+    """Every mode says, for every task, which text vector steers and whether the variational loss trains;
+    the model's flags are read from the row, and an unknown mode is one clear error everywhere."""
+    from models.topdown import REWEIGHTINGS
+    from vision_language.image_encoder import PRIOR_MODES, TASKS, resolve_prior_mode
+    for name, mode in PRIOR_MODES.items():
+        assert mode.name == name and mode.reweighting in REWEIGHTINGS and mode.alpha > 0
+        assert set(mode.text_vector) == set(TASKS) and set(mode.var_loss_tasks) <= set(TASKS)
+        model = VLModel(tiny_vl_config(name))
+        assert model.prior_spec is mode and model.image_encoder.vit.reweighting == mode.reweighting
+        assert model.uses_prior_loss == mode.prior_loss and (model.prior_logit_scale is not None) == mode.prior_loss
+        assert [model.uses_var_loss(t) for t in TASKS] == [t in mode.var_loss_tasks for t in TASKS]
+    hidden, mask = torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.long)
+    for call in (lambda: resolve_prior_mode('clip'), lambda: text_prior(hidden, mask, 'clip', 'vqa'),
+                 lambda: VLModel(tiny_vl_config('clip'))):
+        with pytest.raises(ValueError, match="prior_mode must be one of \\('paper', 'release'\\), got 'clip'"):
+            call()
+
+
+@pytest.mark.parametrize('prior_mode', ['paper', 'release'])
+def test_image_encoder_is_the_zoo_models_own_top_down_pass(prior_mode):
+    """The steered encoder runs the mixin's steps: its tokens are ``forward_features`` with the projected
+    prior and the mode's alpha, its variational loss ``forward_top_down``'s, its mask the prior's."""
+    from models.topdown import prior_mask
+    torch.manual_seed(0)
+    enc = VLModel(tiny_vl_config(prior_mode)).image_encoder.eval()
+    images, text = torch.randn(2, 3, 32, 32), torch.randn(2, 24)
+    with torch.no_grad():
+        out = enc(images, text, var_loss=True)
+        prior = enc.prompt_decoder(text)
+        assert torch.equal(out.prior, prior) and torch.equal(out.mask, prior_mask(out.bottom_up, prior))
+        assert torch.equal(out.bottom_up, enc.vit.bottom_up(images))
+        assert torch.equal(out.tokens, enc.vit.forward_features(images, prior=prior, alpha=enc.alpha))
+        assert torch.equal(out.var_loss, enc.vit.forward_top_down(images, prior=prior, alpha=enc.alpha).var_loss)
+        assert torch.equal(enc(images, text).tokens, out.tokens) and enc(images, text).var_loss is None

@@ -1,17 +1,22 @@
 """The image side: a zoo ViT / AbSViT whose top-down pass is steered by a text prior.
 
 The two passes, the prior's mask, the feedback and the variational loss are the zoo model's own
-(``models/topdown.py``); this module adds only what the vision-language model needs around them:
-the projection of a text vector to the image width (``prompt_decoder``, the release's name) and the
-two prior modes,
+(``models/topdown.py``: the encoder calls its steps ``steering`` -> ``bottom_up`` -> ``top_down_signals``
+-> pass 2); this module adds only what the vision-language model needs around them: the projection of a
+text vector to the image width (``prompt_decoder``, the release's name) and the prior modes, one row of
+``PRIOR_MODES`` each, which say everything a mode decides (the model reads its text and loss fields):
 
-* ``paper``: reweighting ``alpha * clamp(cos(p, z), 0, 1) * z`` with alpha 10;
-* ``release``: ``x = (z * mask) @ (p p^T) * 5`` with the unnormalised ``p`` (what the release runs).
+* ``paper``: the text's first-token state steers every task; reweighting
+  ``alpha * clamp(cos(p, z), 0, 1) * z`` with alpha 10; the CLIP-style prior loss and the variational
+  loss in every task;
+* ``release`` (what the release runs): the mean over all (padded) positions steers VQA, the
+  end-of-sequence state retrieval; ``x = (z * mask) @ (p p^T) * 5`` with the unnormalised ``p``; no
+  prior loss, the variational loss only in VQA.
 
 A plain timm ViT (the paper's ViT-B baseline) is accepted too: it has no prior and no feedback.
 """
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import timm
 import torch
@@ -21,10 +26,55 @@ import models  # noqa: F401  (registers the zoo with timm)
 from models.checkpoint import CheckpointError, adapt_state_dict, load_checkpoint_file, select_state_dict
 from models.topdown import variational_loss
 
-__all__ = ['PRIOR_MODES', 'ImageOutput', 'SteeredImageEncoder', 'build_image_encoder', 'load_image_weights']
+__all__ = ['TASKS', 'PriorMode', 'PRIOR_MODES', 'resolve_prior_mode', 'ImageOutput', 'SteeredImageEncoder',
+           'build_image_encoder', 'load_image_weights']
 
-#: prior mode -> (reweighting transform of models.topdown, alpha)
-PRIOR_MODES: Dict[str, tuple] = {'paper': ('scale', 10.0), 'release': ('rank1', 5.0)}
+#: the tasks of the vision-language model
+TASKS = ('vqa', 'retrieval')
+#: a text vector: ``(hidden (B, L, D), attention_mask (B, L)) -> (B, D)``
+TextVector = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def first_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The first token's state (``<s>`` / ``[CLS]``): the paper's prior for every task."""
+    return hidden[:, 0]
+
+
+def every_position(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean over every position, padding included: what the release averages for VQA."""
+    return hidden.mean(dim=1)
+
+
+def end_of_sequence(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The state at the end-of-sequence token (``</s>`` for RoBERTa, ``[SEP]`` for BERT): the release's
+    retrieval prior."""
+    last = attention_mask.long().sum(dim=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class PriorMode(NamedTuple):
+    """One row of ``PRIOR_MODES``: how the text steers the image encoder and what the training adds."""
+    name: str
+    reweighting: str                     #: ``models.topdown.REWEIGHTINGS``: how the prior reweights pass-1 tokens
+    alpha: float                         #: the reweighting's scale unless ``VLConfig.alpha`` sets one
+    text_vector: Dict[str, TextVector]   #: task -> the text vector that steers (before ``prompt_decoder``)
+    prior_loss: bool                     #: the CLIP-style prior loss (in every task)
+    var_loss_tasks: Tuple[str, ...]      #: the tasks whose loss has the variational loss
+
+
+PRIOR_MODES: Dict[str, PriorMode] = {m.name: m for m in (
+    PriorMode('paper', 'scale', 10.0, {'vqa': first_token, 'retrieval': first_token}, prior_loss=True,
+              var_loss_tasks=TASKS),
+    PriorMode('release', 'rank1', 5.0, {'vqa': every_position, 'retrieval': end_of_sequence}, prior_loss=False,
+              var_loss_tasks=('vqa',)),
+)}
+
+
+def resolve_prior_mode(name: str) -> PriorMode:
+    """The row of ``name``; the one error for an unknown mode."""
+    if name not in PRIOR_MODES:
+        raise ValueError(f'prior_mode must be one of {tuple(PRIOR_MODES)}, got {name!r}')
+    return PRIOR_MODES[name]
 
 
 @dataclass
@@ -48,36 +98,43 @@ class SteeredImageEncoder(nn.Module):
 
     def __init__(self, vit: nn.Module, text_dim: int, prior_mode: str = 'paper', alpha: Optional[float] = None):
         super().__init__()
-        if prior_mode not in PRIOR_MODES:
-            raise ValueError(f'prior_mode must be one of {tuple(PRIOR_MODES)}, got {prior_mode!r}')
+        mode = resolve_prior_mode(prior_mode)
         self.vit = vit
         self.top_down = bool(getattr(vit, 'is_top_down', False))
         self.prior_mode = prior_mode
         self.width = vit.embed_dim
-        transform, default_alpha = PRIOR_MODES[prior_mode]
-        self.alpha = default_alpha if alpha is None else float(alpha)
+        self.alpha = mode.alpha if alpha is None else float(alpha)
         self.prompt_decoder = nn.Linear(text_dim, self.width) if self.top_down else None
         if self.top_down:
             if vit.td_mode != 'abs':
                 raise ValueError(f"the vision-language image encoder needs td_mode 'abs', got {vit.td_mode!r}")
             vit.prompt = None  # the prior always comes from the text: no learned prompt to leave untrained
-            vit.set_reweighting(transform)
+            vit.set_reweighting(mode.reweighting)
 
     def forward(self, images: torch.Tensor, text_prior: Optional[torch.Tensor] = None,
                 var_loss: bool = False) -> ImageOutput:
-        """``text_prior`` (B, text_dim) steers a top-down encoder (which needs it)."""
+        """``text_prior`` (B, text_dim) steers a top-down encoder (which needs it). The zoo model's own
+        steps run; its ``forward_top_down`` is not called because it returns the head's output, while the
+        fusion needs every token of pass 2 and the prior loss those of pass 1."""
         if not self.top_down:
             return ImageOutput(self.vit.forward_features(images))
         if text_prior is None:
             raise ValueError('a top-down image encoder needs a text prior (B, text_dim)')
-        vit = self.vit
-        prior = self.prompt_decoder(text_prior)
-        tokens1 = vit.bottom_up(images)
-        signals, mask = vit.top_down_signals(tokens1, prior, self.alpha)
+        prior, alpha = self.vit.steering(self.prompt_decoder(text_prior), alpha=self.alpha)
+        tokens1 = self.vit.bottom_up(images)
+        signals, mask = self.vit.top_down_signals(tokens1, prior, alpha)
+        tokens2, vloss = self._second_pass(images, signals, var_loss)
+        return ImageOutput(tokens2, tokens1, prior, mask, vloss)
+
+    def _second_pass(self, images: torch.Tensor, signals: List[torch.Tensor],
+                     var_loss: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Pass 2's tokens and, with ``var_loss``, the variational loss: the tail of the mixin's
+        ``forward_top_down``, which has no step of its own that returns tokens (the collecting pass
+        costs more, so it runs only when the loss is asked for)."""
         if not var_loss:
-            return ImageOutput(vit.top_down(images, signals), tokens1, prior, mask)
-        tokens2, ins, outs = vit.forward_pass(images, signals, collect=True)
-        return ImageOutput(tokens2, tokens1, prior, mask, variational_loss(vit.decoders, ins, outs))
+            return self.vit.top_down(images, signals), None
+        tokens, ins, outs = self.vit.forward_pass(images, signals, collect=True)
+        return tokens, variational_loss(self.vit.decoders, ins, outs)
 
     def load_release_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
         """Load the release's image-encoder keys (timm ViT keys + ``decoders.*`` + ``prompt_decoder.*``)

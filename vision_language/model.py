@@ -5,11 +5,11 @@ text --AutoModel--> hidden (B, L, Dt) --Linear--> (B, L, H) + type 0 --\\
 image --ViT/AbSViT--> tokens (B, N, Di) --Linear--> (B, N, H) + type 1 --> co-attention fusion
 fusion --> poolers (first token, Linear + tanh) --> cls_feats (B, 2H) --> VQA / ITM / ranking heads
 
-Prior modes (``VLConfig.prior_mode``): ``paper`` takes the text's first-token hidden state for every
-task, reweights with alpha 10 and trains with the CLIP-style prior loss and the variational loss in
-every task; ``release`` takes the mean over all (padded) positions for VQA and the hidden state at
-the end-of-sequence token for retrieval, uses the rank-1 transform ``(z * mask) @ (p p^T) * 5``, no
-prior loss, and the variational loss only in VQA.
+Prior modes (``VLConfig.prior_mode``): one row each of ``vision_language.image_encoder.PRIOR_MODES``, which
+says which text vector steers each task, how it reweights the image tokens, and which losses the training
+adds (``paper``: first token, ``alpha * mask * z`` with alpha 10, prior and variational loss in every task;
+``release``: mean over all positions for VQA and the end-of-sequence token for retrieval, the rank-1
+``(z * mask) @ (p p^T) * 5``, no prior loss, the variational loss only in VQA).
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Union
@@ -19,11 +19,9 @@ import torch.nn as nn
 from transformers import AutoModel, PretrainedConfig
 
 from vision_language.fusion import CoAttentionFusion, FirstTokenPooler, co_attention_config
-from vision_language.image_encoder import PRIOR_MODES, ImageOutput, build_image_encoder
+from vision_language.image_encoder import TASKS, ImageOutput, PriorMode, build_image_encoder, resolve_prior_mode
 
 __all__ = ['VLConfig', 'VLOutput', 'VLModel', 'build_text_encoder', 'text_prior', 'TASKS']
-
-TASKS = ('vqa', 'retrieval')
 
 
 @dataclass
@@ -45,8 +43,7 @@ class VLConfig:
     prior_temperature: float = 0.07  #: initial temperature of the CLIP-style prior loss (learned, as CLIP)
 
     def check(self) -> 'VLConfig':
-        if self.prior_mode not in PRIOR_MODES:
-            raise ValueError(f'prior_mode must be one of {tuple(PRIOR_MODES)}, got {self.prior_mode!r}')
+        resolve_prior_mode(self.prior_mode)
         if self.hidden_size % self.num_heads:
             raise ValueError(f'hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}')
         return self
@@ -72,15 +69,10 @@ def build_text_encoder(cfg: VLConfig) -> nn.Module:
 
 
 def text_prior(hidden: torch.Tensor, attention_mask: torch.Tensor, prior_mode: str, task: str) -> torch.Tensor:
-    """The text vector that steers the image encoder (see the module doc)."""
+    """The text vector that steers the image encoder: the mode's choice for ``task`` (``PRIOR_MODES``)."""
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
-    if prior_mode == 'paper':
-        return hidden[:, 0]
-    if task == 'vqa':
-        return hidden.mean(dim=1)  # the release averages every position, padding included
-    last = attention_mask.long().sum(dim=1) - 1  # the end-of-sequence token (</s> for RoBERTa, [SEP] for BERT)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return resolve_prior_mode(prior_mode).text_vector[task](hidden, attention_mask)
 
 
 class VLModel(nn.Module):
@@ -113,11 +105,16 @@ class VLModel(nn.Module):
         return self.image_encoder.top_down
 
     @property
+    def prior_spec(self) -> PriorMode:
+        """The row of ``cfg.prior_mode``: what the text steers with and which losses the training adds."""
+        return resolve_prior_mode(self.cfg.prior_mode)
+
+    @property
     def uses_prior_loss(self) -> bool:
-        return self.image_encoder.top_down and self.cfg.prior_mode == 'paper'
+        return self.image_encoder.top_down and self.prior_spec.prior_loss
 
     def uses_var_loss(self, task: str) -> bool:
-        return self.image_encoder.top_down and (self.cfg.prior_mode == 'paper' or task == 'vqa')
+        return self.image_encoder.top_down and task in self.prior_spec.var_loss_tasks
 
     def _init_new_weights(self) -> None:
         """BERT's init (normal 0.02, zero bias) for everything METER adds; the encoders keep theirs."""
