@@ -27,24 +27,11 @@ from mmseg.registry import MODELS
 from timm.models.vision_transformer import VisionTransformer
 
 from models.absvit import AbSViT
+from models.pos_embed import resample_pos_embed  # the release's resampling; re-exported
 from segmentation.errors import BackboneInputError
+from segmentation.weights import load_classification_weights
 
 __all__ = ['AbSViTBackbone', 'resample_pos_embed', 'pad_to_patch']
-
-
-def resample_pos_embed(pos_embed: torch.Tensor, new_grid: Sequence[int], old_grid: Sequence[int],
-                       num_prefix_tokens: int = 1) -> torch.Tensor:
-    """The release's resampling: prefix tokens kept, the grid resized bicubic (align_corners=False, no
-    antialias). Used at every forward and when loading a checkpoint made at another size."""
-    new_grid, old_grid = tuple(int(s) for s in new_grid), tuple(int(s) for s in old_grid)
-    if new_grid == old_grid:
-        return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    if grid.shape[1] != old_grid[0] * old_grid[1]:
-        raise BackboneInputError(f'a position embedding of {grid.shape[1]} patch tokens is not a {old_grid} grid')
-    grid = grid.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=new_grid, mode='bicubic', align_corners=False).to(pos_embed.dtype)
-    return torch.cat([prefix, grid.flatten(2).transpose(1, 2)], dim=1)
 
 
 def pad_to_patch(x: torch.Tensor, patch: Tuple[int, int]) -> torch.Tensor:
@@ -102,7 +89,6 @@ class AbSViTBackbone(BaseModule):
         """Load ``init_cfg``'s classification checkpoint, if any. Never timm's re-initialisation: the
         weights were initialised at construction, and mmengine calls this once more on resume."""
         if self.init_cfg and self.init_cfg.get('type') == 'Pretrained' and self.init_cfg.get('checkpoint'):
-            from segmentation.weights import load_classification_weights
             report = load_classification_weights(self.vit, self.init_cfg['checkpoint'])
             print_log(report.summary(), logger='current')
         else:

@@ -123,3 +123,31 @@ def test_tiny_configs_stay_small():
         b = cfg.model.backbone
         assert b.embed_dim <= 192 and b.depth <= 4 and cfg.train_dataloader.batch_size >= 2
         assert cfg.model.decode_head.num_classes == RUNS[ds][0]
+
+
+@pytest.mark.parametrize('ds', RUNS)
+def test_vit_config_is_the_absvit_config_with_the_top_down_pass_off(ds):
+    """The paper's ViT-B baseline differs from its AbSViT-B run in the backbone's top-down flag alone."""
+    absvit, vit = paper_config('absvit', ds).to_dict(), paper_config('vit', ds).to_dict()
+    assert absvit['model']['backbone'].pop('top_down') is True and vit['model']['backbone'].pop('top_down') is False
+    assert vit == absvit
+
+
+@pytest.mark.parametrize('ds', RUNS)
+def test_tiny_config_is_its_paper_run_at_toy_size(ds):
+    """A tiny config keeps its paper run's data (the standard pipelines but for scale and crop), classes
+    and optimiser; only the sizes, the length and the CPU runtime change."""
+    tiny = Config.fromfile(str(CONFIGS / 'tiny' / f'upernet_absvit-tiny_{ds}.py'))
+    paper = paper_config('absvit', ds)
+    sizes = ('scale', 'crop_size')
+    for split, pipe in (('train_dataloader', 'train_pipeline'), ('val_dataloader', 'test_pipeline')):
+        assert tiny[split].dataset.pipeline == tiny[pipe]
+        assert [{k: v for k, v in t.items() if k not in sizes} for t in tiny[pipe]] == \
+            [{k: v for k, v in t.items() if k not in sizes} for t in paper[pipe]]
+        assert {k: v for k, v in tiny[split].dataset.items() if k != 'pipeline'} == \
+            {k: v for k, v in paper[split].dataset.items() if k != 'pipeline'}
+    crop = [t for t in tiny.train_pipeline if t.type == 'RandomCrop'][0].crop_size
+    assert tuple(crop) == tuple(tiny.crop_size) == tuple(tiny.model.data_preprocessor.size)
+    assert tiny.model.decode_head.num_classes == paper.model.decode_head.num_classes
+    assert tiny.optim_wrapper.paramwise_cfg == paper.optim_wrapper.paramwise_cfg
+    assert tiny.train_cfg.max_iters == tiny.max_iters == 16 and tiny.env_cfg.dist_cfg.backend == 'gloo'

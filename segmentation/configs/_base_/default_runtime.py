@@ -1,4 +1,5 @@
-# mmseg's default runtime, with TensorBoard beside the local log and checkpoints every tenth of the run.
+# mmseg's default runtime, with TensorBoard beside the local log (the hooks, which follow the run's length,
+# are the schedule's: schedules/).
 default_scope = 'mmseg'
 env_cfg = dict(
     cudnn_benchmark=True,
@@ -10,10 +11,3 @@ log_processor = dict(by_epoch=False)
 log_level = 'INFO'
 load_from = None
 resume = False
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=16000, max_keep_ckpts=3),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))

@@ -1,5 +1,6 @@
 # UperNet on AbSViT-B/16 (the release's segmentation model): the backbone gives the top-down pass's
-# blocks 2, 5, 8, 11 (prior = learned prompt, alpha 1; no variational loss), no neck.
+# blocks 2, 5, 8, 11 (prior = learned prompt, alpha 1; no variational loss), no neck. A run sets the
+# classes and the crop (data_preprocessor's size); top_down=False gives the bottom-up twin, ViT-B.
 custom_imports = dict(imports=['segmentation'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 data_preprocessor = dict(
@@ -52,4 +53,5 @@ model = dict(
         align_corners=False,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
     train_cfg=dict(),
+    # whole-image inference; for a sliding window: test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341))
     test_cfg=dict(mode='whole'))

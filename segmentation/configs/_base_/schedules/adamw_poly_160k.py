@@ -1,6 +1,7 @@
-# The release's optimisation: AdamW 6e-5, no weight decay on pos_embed, cls_token and norms; poly decay
-# (power 1, to 0) over the whole run with a 1500-iteration linear warm-up from 1e-6 multiplying it
-# (the two schedulers run together from iteration 0, as mmcv 0.x's warm-up did on top of poly).
+# The release's optimisation over 160k iterations: AdamW 6e-5, no weight decay on pos_embed, cls_token and
+# norms; poly decay (power 1, to 0) over the whole run with a 1500-iteration linear warm-up from 1e-6
+# multiplying it (the two schedulers run together from iteration 0, as mmcv 0.x's warm-up did on top of
+# poly). Validation and checkpoints every tenth of the run. Shorter runs inherit this and set the length.
 max_iters = 160000
 optim_wrapper = dict(
     type='OptimWrapper',
@@ -18,3 +19,10 @@ param_scheduler = [
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters // 10)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters // 10, max_keep_ckpts=3),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='SegVisualizationHook'))
