@@ -1,13 +1,18 @@
 """What the benchmark scripts share: the project's registered models and their bottom-up twins,
 FLOP counting, model building (incl. the naive reference), the training criterion, and a
 description of the machine.
+
+Whether a model is top-down and which model is its bottom-up twin is what its registration records
+(``models.backbone.ModelCfg``: ``top_down`` and ``bottom_up_twin`` in its timm pretrained config), read
+by ``model_record``; nothing is guessed from names. timm's own models are bottom-up (none of them is
+top-down); any other model without a record is an error (``UnrecordedModelError``).
 """
 import datetime
 import os
 import platform
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -23,10 +28,22 @@ import models  # noqa: E402,F401  (registers the zoo with timm)
 
 #: timm's own ViTs: the bottom-up baselines of the patch-16 AbSViTs (not forked by the project).
 VIT_BASELINES = ('vit_tiny_patch16_224', 'vit_small_patch16_224', 'vit_base_patch16_224')
-#: top-down name prefix -> the prefix of its bottom-up twin
-TWIN_PREFIXES = (('absvit_', 'vit_'), ('absdat_', 'dat_'), ('absrvt_', 'rvt_'), ('absfan_', 'fan_'))
 #: prefix of a model name that means "the naive reference implementation of that AbSViT"
 NAIVE_PREFIX = 'naive:'
+#: the package prefix of the modules that register timm's own models (all bottom-up)
+TIMM_ZOO = 'timm.'
+
+
+class ModelRecord(NamedTuple):
+    """What a model is, for the benchmarks: top-down or not, its bottom-up twin (or None), and where
+    that was read (``source``), so that a report can say why a model was paired as it was."""
+    top_down: bool
+    twin: Optional[str]
+    source: str
+
+
+class UnrecordedModelError(ValueError):
+    """A model outside timm's own zoo whose pretrained config does not say whether it is top-down."""
 
 
 def project_model_names() -> List[str]:
@@ -46,21 +63,40 @@ def all_model_names() -> List[str]:
     return sorted(set(project_model_names()) | set(VIT_BASELINES))
 
 
-def twin_of(name: str, known: Optional[Sequence[str]] = None) -> Optional[str]:
-    """The bottom-up twin of a top-down model name (``absvit_small_patch16_224`` -> ``vit_small_patch16_224``,
-    ``absdat_tiny`` -> ``dat_tiny``), or ``None`` for a bottom-up model / no registered twin."""
+def model_record(name: str) -> ModelRecord:
+    """Whether model ``name`` is top-down and its bottom-up twin, from its pretrained config's record
+    (``top_down``, ``bottom_up_twin``); ``naive:<name>`` is top-down with ``<name>``'s twin. timm's own
+    models carry no record and are bottom-up; any other model without one raises
+    ``UnrecordedModelError`` (a new backbone registered without ``models.backbone.recorded_cfgs``)."""
     if name.startswith(NAIVE_PREFIX):
-        name = name[len(NAIVE_PREFIX):]
+        base = model_record(name[len(NAIVE_PREFIX):])
+        return ModelRecord(True, base.twin, f'naive reference ({base.source})')
+    if not timm.is_model(name):
+        raise ValueError(f'unknown model {name!r}: not registered with timm')
+    cfg = timm.models.get_pretrained_cfg(name)
+    top_down = getattr(cfg, 'top_down', None)
+    if top_down is not None:
+        return ModelRecord(bool(top_down), getattr(cfg, 'bottom_up_twin', None), 'pretrained_cfg')
+    module = getattr(model_entrypoint(name), '__module__', '') or ''
+    if module.startswith(TIMM_ZOO):
+        return ModelRecord(False, None, "timm's own zoo")
+    raise UnrecordedModelError(
+        f'{name} (registered by {module}) does not record whether it is top-down: register its configs '
+        'through models.backbone.recorded_cfgs (top_down, bottom_up_twin; see docs/adding_a_backbone.md)')
+
+
+def twin_of(name: str, known: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The recorded bottom-up twin of a top-down model (``absvit_small_patch16_224`` ->
+    ``vit_small_patch16_224``, ``absdat_tiny`` -> ``dat_tiny``; ``naive:<name>``: ``<name>``'s), if it is
+    among ``known`` (default: every registered model); ``None`` for a bottom-up model."""
+    twin = model_record(name).twin
     known = set(timm.list_models()) if known is None else set(known)
-    for top, bottom in TWIN_PREFIXES:
-        if name.startswith(top):
-            twin = bottom + name[len(top):]
-            return twin if twin in known else None
-    return None
+    return twin if twin in known else None
 
 
 def is_top_down_name(name: str) -> bool:
-    return name.startswith(NAIVE_PREFIX) or any(name.startswith(top) for top, _ in TWIN_PREFIXES)
+    """Whether model ``name`` is top-down, as its registration records it (see ``model_record``)."""
+    return model_record(name).top_down
 
 
 def build_model(name: str, device='cpu', **kwargs) -> nn.Module:

@@ -3,8 +3,9 @@
 ``timm.create_model(name, ...)`` then builds any of them; ``models.load_weights`` loads release and
 project checkpoints (``model`` weights unless EMA is asked for).
 """
-from .topdown import TD_MODES, TOP_DOWN_MODES, TopDownMixin, TopDownMode, TopDownOutput, TokenDecoder, prior_mask, \
-    reweight, top_down_mode, variational_loss
+from .topdown import TD_MODES, TOP_DOWN_MODES, TopDownAttentionMixin, TopDownMixin, TopDownMode, TopDownOutput, \
+    TokenDecoder, prior_mask, reweight, top_down_mode, variational_loss
+from .backbone import ModelCfg, OnePassBackbone, recorded_cfgs  # the kit of a new backbone: docs/adding_a_backbone.md
 from .checkpoint import CheckpointError, adapt_state_dict, load_checkpoint_file, load_weights, select_state_dict
 from . import absvit
 from .absvit import AbSViT

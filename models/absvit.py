@@ -17,36 +17,32 @@ timm: ``forward_features`` / ``forward_intermediates`` / ``features_only`` repor
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, checkpoint_seq, register_model, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, _cfg
 
-from .topdown import SIGNALS, PassOutput, TopDownMixin, checked_signal, fold_value_signal, masked_value
+from .backbone import recorded_cfgs
+from .topdown import SIGNALS, PassOutput, TopDownAttentionMixin, TopDownMixin
 
 __all__ = ['TopDownAttention', 'TopDownBlock', 'AbSViT']
 
 
-class TopDownAttention(Attention):
+class TopDownAttention(TopDownAttentionMixin, Attention):
     """timm's Attention that also takes a top-down signal ``td`` in its second pass.
 
-    ``signal`` (a constructor argument) says how: ``value`` (AbSViT: td added to v only, through v's
-    own projection and bias), ``qkv`` (td added to q, k and v), ``mask`` (``td`` is a (B, N, 1) token
-    mask multiplying v) or ``none`` (a mode without a second pass). With ``record_weights`` set, the
-    softmax attention weights of the last call are kept in ``attn_weights`` (B, heads, N, N).
+    ``signal`` (a constructor argument) says how (``topdown.SIGNAL_ROUTES``): ``value`` (AbSViT: td added
+    to v only, through v's own projection and bias), ``qkv``, ``mask`` or ``none``; the switch and the
+    weight recording (``record_weights`` / ``attn_weights``) are ``TopDownAttentionMixin``'s. All this
+    class says is that ``qkv`` projects q, k, v (value rows last) and timm's gate and norms around them.
     Attention masks are not supported (AbSViT never masks).
     """
-    attn_weights: Optional[torch.Tensor]
     default_signal = 'value'
 
     def __init__(self, *args, signal: Optional[str] = None, **kwargs):
         super().__init__(*args, **kwargs)
-        signal = self.default_signal if signal is None else signal
-        self.signal = checked_signal(signal)
-        self.record_weights = False
-        self.attn_weights = None
+        self.init_signal(self.default_signal if signal is None else signal)
 
     @staticmethod
     def for_signal(signal: str) -> type:
@@ -59,22 +55,13 @@ class TopDownAttention(Attention):
         return t.reshape(t.shape[0], t.shape[1], n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
     def _qkv(self, x: torch.Tensor, td: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        w, b = self.qkv.weight, self.qkv.bias
-        d = self.attn_dim
-        if td is None or self.signal == 'mask':
-            q, k, v = self._heads(self.qkv(x), 3).unbind(0)
-            if td is not None:
-                v = masked_value(v, td)
-        elif self.signal == 'value':
-            q, k = self._heads(F.linear(x, w[:2 * d], None if b is None else b[:2 * d]), 2).unbind(0)
-            xv, bv = fold_value_signal(x, td, None if b is None else b[2 * d:])
-            v = self._heads(F.linear(xv, w[2 * d:], bv), 1)[0]
-        elif self.signal == 'qkv':
-            xs, bs = fold_value_signal(x, td, b)
-            q, k, v = self._heads(F.linear(xs, w, bs), 3).unbind(0)
+        qk, v = self.project(x, td, self.qkv.weight, self.qkv.bias, 2 * self.attn_dim)
+        if v is None:
+            q, k, v = self._heads(qk, 3).unbind(0)
         else:
-            raise ValueError(f"an attention with signal '{self.signal}' takes no top-down signal")
-        return self.q_norm(q), self.k_norm(k), v
+            q, k = self._heads(qk, 2).unbind(0)
+            v = self._heads(v, 1)[0]
+        return self.q_norm(q), self.k_norm(k), self.signal_value(v, td)
 
     def forward(self, x: torch.Tensor, td: Optional[torch.Tensor] = None,
                 attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
@@ -83,13 +70,7 @@ class TopDownAttention(Attention):
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self._qkv(x, td)
-        if self.record_weights or not self.fused_attn:
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            if self.record_weights:
-                self.attn_weights = attn.detach()
-            x = self.attn_drop(attn) @ v
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
+        x = self.attend(q, k, v, explicit=not self.fused_attn)
         x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
         if gate is not None:
             x = x * gate
@@ -219,7 +200,13 @@ def _abs_cfg(**kwargs):
 
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 
-default_cfgs = generate_default_cfgs({
+#: top-down model -> its bottom-up twin (the patch-16 ones are timm's own ViTs); the rest is bottom-up
+TWINS = {
+    'absvit_tiny_patch16_224': 'vit_tiny_patch16_224', 'absvit_small_patch16_224': 'vit_small_patch16_224',
+    'absvit_base_patch16_224': 'vit_base_patch16_224', 'absvit_tiny_patch8_224_gap': 'vit_tiny_patch8_224_gap',
+    'absvit_micro_patch4_28_gap': 'vit_micro_patch4_28_gap',
+}
+default_cfgs = generate_default_cfgs(recorded_cfgs({
     'absvit_tiny_patch16_224': _abs_cfg(),
     'absvit_small_patch16_224': _abs_cfg(),
     'absvit_base_patch16_224': _abs_cfg(),
@@ -229,7 +216,7 @@ default_cfgs = generate_default_cfgs({
                                            num_classes=10),
     'vit_micro_patch4_28_gap': _abs_cfg(input_size=(1, 28, 28), crop_pct=1.0, mean=FMNIST_MEAN, std=FMNIST_STD,
                                         num_classes=10),
-})
+}, TWINS))
 
 
 def _create(variant: str, pretrained: bool = False, cls=AbSViT, **kwargs):

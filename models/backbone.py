@@ -7,13 +7,48 @@ methods with top-down signals ``td``. ``OnePassBackbone`` derives the plain (``t
 from them, so that the plain model and its AbS variant report through one piece of code, and holds
 the classifier handling these backbones share (they differ only in the classifier's name and the
 poolings they know).
+
+Also the registry's record of every model the project registers (``ModelCfg``, built by
+``recorded_cfgs``): whether it is top-down and which registered model is its bottom-up twin, kept in
+its timm ``pretrained_cfg`` so that tools (the benchmarks) read it instead of guessing from names.
 """
-from typing import List, Optional, Union
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
+from timm.models import PretrainedCfg
 
-__all__ = ['OnePassBackbone']
+__all__ = ['OnePassBackbone', 'ModelCfg', 'recorded_cfgs']
+
+
+@dataclass
+class ModelCfg(PretrainedCfg):
+    """timm's pretrained config plus what the model is, which timm carries into ``model.pretrained_cfg``
+    (``timm.models.get_pretrained_cfg(name)`` has it before building):
+
+    * ``top_down``: the model is a ``topdown.TopDownMixin`` model (two passes, ``return_aux``, the AbS
+      loss); ``None`` means "not recorded", which readers must treat as an error, not as bottom-up;
+    * ``bottom_up_twin``: the registered bottom-up model with the same backbone, whose weights its
+      pass 1 takes (``None``: it has none, e.g. a bottom-up model).
+
+    A dict with these keys cannot go through ``PretrainedCfg(**cfg)``: derive a variant's config with
+    ``dataclasses.replace(timm.models.get_pretrained_cfg(name), ...)``.
+    """
+    top_down: Optional[bool] = None
+    bottom_up_twin: Optional[str] = None
+
+
+def recorded_cfgs(cfgs: Dict[str, dict], twins: Dict[str, Optional[str]]) -> Dict[str, ModelCfg]:
+    """The configs of one module's registered models, each with its record, for timm's
+    ``generate_default_cfgs``: the names in ``twins`` are top-down (each with its bottom-up twin, or
+    ``None`` where it has none), every other name is bottom-up."""
+    stray = sorted(set(twins) - set(cfgs))
+    top_down_twins = sorted(t for t in twins.values() if t in twins)
+    if stray or top_down_twins:
+        raise ValueError(f'twins name models without a config {stray} or top-down twins {top_down_twins}')
+    return {name: ModelCfg(**cfg, top_down=name in twins, bottom_up_twin=twins.get(name))
+            for name, cfg in cfgs.items()}
 
 
 class OnePassBackbone(nn.Module):

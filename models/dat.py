@@ -42,7 +42,7 @@ from timm.layers import DropPath, LayerNorm2d, register_notrace_function, regist
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .backbone import OnePassBackbone
+from .backbone import OnePassBackbone, recorded_cfgs
 from .neighborhood_attention import neighborhood_attention
 from .topdown import PassOutput, TopDownMixin, fold_value_signal
 
@@ -571,11 +571,11 @@ def _cfg(**kwargs) -> Dict:
             'classifier': 'cls_head', 'license': 'apache-2.0', **kwargs}
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(recorded_cfgs({
     'dat_tiny': _cfg(), 'dat_small': _cfg(), 'dat_base': _cfg(),
     'dat_base_384': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
     'absdat_tiny': _cfg(), 'absdat_small': _cfg(), 'absdat_base': _cfg(),
-})
+}, twins={f'absdat_{size}': f'dat_{size}' for size in ('tiny', 'small', 'base')}))
 
 _STAGE_SPEC = [['N', 'D'], ['N', 'D'] * 2, ['N', 'D'] * 9, ['D', 'D']]
 _TINY = dict(dim_stem=64, dims=[64, 128, 256, 512], heads=[2, 4, 8, 16], groups=[1, 2, 4, 8], drop_path_rate=0.2)

@@ -29,7 +29,6 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
@@ -37,22 +36,20 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models.xcit import ClassAttentionBlock, ConvPatchEmbed, PositionalEncodingFourier
 
-from .backbone import OnePassBackbone
-from .topdown import PassOutput, TopDownMixin, checked_signal, fold_value_signal, masked_value
+from .backbone import OnePassBackbone, recorded_cfgs
+from .topdown import PassOutput, TopDownAttentionMixin, TopDownMixin
 
 __all__ = ['FAN', 'AbSFAN', 'TokenMixing', 'ChannelProcessing', 'FANBlock']
 
 
-class TokenMixing(nn.Module):
+class TokenMixing(TopDownAttentionMixin, nn.Module):
     """FAN's self-attention: queries from ``q``, keys and values from one ``kv`` projection.
 
     ``td`` is the block's top-down signal (second pass of an AbS model); ``signal`` (a constructor
-    argument, the AbS mode's) says how it enters: ``value`` adds it to v only, through v's slice of
-    ``kv`` and its bias, folded into one projection ``v = W_v (x + td) + 2 b_v``; ``qkv`` does that
-    for q, k and v; ``mask`` multiplies v by a (B, N, 1) token mask; ``none`` takes no signal.
-    ``record_weights`` keeps the last softmax weights in ``attn_weights``.
+    argument, the AbS mode's) says how it enters ``q`` (no value rows) and ``kv`` (value rows last): the
+    switch and the weight recording (``record_weights`` / ``attn_weights``) are
+    ``topdown.TopDownAttentionMixin``'s.
     """
-    attn_weights: Optional[torch.Tensor]  # TorchScript: declared, as it starts as None
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.,
                  proj_drop: float = 0., signal: str = 'value', device=None, dtype=None):
@@ -67,40 +64,27 @@ class TokenMixing(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.signal = checked_signal(signal)
-        self.record_weights = False
-        self.attn_weights = None
+        self.init_signal(signal)
 
     def _qkv(self, x: torch.Tensor, td: Optional[torch.Tensor]):
         B, N, C = x.shape
-        w, b = self.kv.weight, self.kv.bias
-        if td is None or self.signal == 'mask':
-            q, kv = self.q(x), self.kv(x)
-        elif self.signal == 'value':  # q, k of x; v of x + td with twice v's bias
-            xv, bv = fold_value_signal(x, td, None if b is None else b[C:])
-            kv = torch.cat([F.linear(x, w[:C], None if b is None else b[:C]), F.linear(xv, w[C:], bv)], -1)
-            q = self.q(x)
-        elif self.signal == 'qkv':
-            xq, bq = fold_value_signal(x, td, self.q.bias)
-            xs, bs = fold_value_signal(x, td, b)
-            q, kv = F.linear(xq, self.q.weight, bq), F.linear(xs, w, bs)
+        # A value signal projects kv before q, the other modes q first: autograd sums x's gradient in
+        # that order, and keeping it keeps the trained weights bit for bit what they were
+        if td is not None and self.route.v and not self.route.qk:
+            k, v = self.project(x, td, self.kv.weight, self.kv.bias, C)
+            q, _ = self.project(x, td, self.q.weight, self.q.bias, None)
         else:
-            raise ValueError('an attention with signal ' + self.signal + ' takes no top-down signal')
+            q, _ = self.project(x, td, self.q.weight, self.q.bias, None)
+            k, v = self.project(x, td, self.kv.weight, self.kv.bias, C)
+        kv = k if v is None else torch.cat([k, v], -1)
         q = q.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = kv.reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if td is not None and self.signal == 'mask':
-            v = masked_value(v, td)
-        return q, k, v
+        return q, k, self.signal_value(v, td)
 
     def forward(self, x: torch.Tensor, td: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self._qkv(x, td)
-        if self.record_weights:
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            self.attn_weights = attn.detach()
-            x = self.attn_drop(attn) @ v
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
+        x = self.attend(q, k, v)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -387,10 +371,10 @@ def _cfg(**kwargs) -> dict:
             'first_conv': 'patch_embed.proj.0.0', 'classifier': 'head', **kwargs}
 
 
-default_cfgs = generate_default_cfgs({
-    'fan_tiny_12_p16_224': _cfg(), 'fan_small_12_p16_224': _cfg(), 'fan_base_18_p16_224': _cfg(),
-    'absfan_tiny_12_p16_224': _cfg(), 'absfan_small_12_p16_224': _cfg(), 'absfan_base_18_p16_224': _cfg(),
-})
+_FAN_NAMES = ('fan_tiny_12_p16_224', 'fan_small_12_p16_224', 'fan_base_18_p16_224')
+default_cfgs = generate_default_cfgs(recorded_cfgs({
+    **{name: _cfg() for name in _FAN_NAMES}, **{'abs' + name: _cfg() for name in _FAN_NAMES},
+}, twins={'abs' + name: name for name in _FAN_NAMES}))
 
 #: The release's FAN-ViT sizes.
 FAN_SIZES = {

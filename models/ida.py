@@ -36,6 +36,8 @@ from timm.models._features import feature_take_indices
 
 from errors import UserError
 
+from .backbone import recorded_cfgs
+
 __all__ = ['InterventionalClassifier', 'IDA', 'create_ida', 'remap_release_state_dict', 'IDA_BACKBONES']
 
 #: ImageNet statistics (the release normalises with them) at the release's 448 px square input.
@@ -329,7 +331,7 @@ def create_ida(backbone: str, pretrained: bool = False, num_classes: int = 80, h
     model.pretrained_cfg = model.default_cfg = dict(
         _cfg(size, size // model.feature_info[-1]['reduction'], model.resolve_name(first_conv) if first_conv else '',
              num_head, model.in_chans, mean=tuple(mean), std=tuple(std)),
-        architecture=f'ida_{"heavy" if heavy else "light"}_{backbone}', num_classes=num_classes)
+        architecture=f'ida_{"heavy" if heavy else "light"}_{backbone}', num_classes=num_classes, top_down=False)
     return model
 
 
@@ -380,10 +382,11 @@ def _variant_name(suffix: str, heavy: bool) -> str:
     return f'ida_{"heavy" if heavy else "light"}_{suffix}'
 
 
-default_cfgs = generate_default_cfgs({
+# IDA models are bottom-up (no two-pass forward of their own, whatever their backbone runs): no twins
+default_cfgs = generate_default_cfgs(recorded_cfgs({
     _variant_name(suffix, heavy): _cfg(IDA_BACKBONES[suffix][2], num_head=IDA_BACKBONES[suffix][1],
                                        **_VARIANT_CFGS[suffix])
-    for suffix in IDA_BACKBONES for heavy in (True, False)})
+    for suffix in IDA_BACKBONES for heavy in (True, False)}, twins={}))
 
 
 def _features_only(name: str, backbone: str, pretrained: bool, kwargs: Dict[str, Any]) -> nn.Module:

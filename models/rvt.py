@@ -37,8 +37,8 @@ from timm.layers import DropPath, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .backbone import OnePassBackbone
-from .topdown import PassOutput, TopDownMixin, checked_signal, fold_value_signal, masked_value
+from .backbone import OnePassBackbone, recorded_cfgs
+from .topdown import PassOutput, TopDownAttentionMixin, TopDownMixin
 
 __all__ = ['RVT', 'AbSRVT', 'RVTAttention', 'RVTBlock']
 
@@ -98,16 +98,14 @@ class LinearFFN(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
-class RVTAttention(nn.Module):
+class RVTAttention(TopDownAttentionMixin, nn.Module):
     """Multi-head self-attention (qkv with bias), optionally with RVT*'s position-aware scaling.
 
     ``td`` is the block's top-down signal (second pass of an AbS model); ``signal`` (a constructor
-    argument, the AbS mode's) says how it enters: ``value`` adds it to v only, through v's slice of
-    ``qkv`` and its bias, folded into one projection ``v = W_v (x + td) + 2 b_v``; ``qkv`` does that for
-    q, k and v; ``mask`` multiplies v by a (B, N, 1) token mask; ``none`` takes no signal.
-    ``record_weights`` keeps the last softmax weights in ``attn_weights``.
+    argument, the AbS mode's) says how it enters, through ``qkv`` (value rows last): the switch and the
+    weight recording (``record_weights`` / ``attn_weights``) are ``topdown.TopDownAttentionMixin``'s.
+    RVT's own part is its logits: scaled after the product and, for RVT*, times ``sigmoid(att_mask)``.
     """
-    attn_weights: Optional[torch.Tensor]  # TorchScript: declared, as it starts as None
 
     def __init__(self, dim: int, num_heads: int, attn_drop: float = 0., proj_drop: float = 0.,
                  num_tokens: Optional[int] = None, signal: str = 'value', device=None, dtype=None):
@@ -125,45 +123,31 @@ class RVTAttention(nn.Module):
             self.att_mask = nn.Parameter(torch.zeros(num_heads, num_tokens, num_tokens, **dd))
         else:
             self.register_parameter('att_mask', None)
-        self.signal = checked_signal(signal)
-        self.record_weights = False
-        self.attn_weights = None
+        self.init_signal(signal)
 
     def _qkv(self, x: torch.Tensor, td: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, C = x.shape
-        w, b = self.qkv.weight, self.qkv.bias
-        if td is None or self.signal == 'mask':
-            qkv = self.qkv(x)
-        elif self.signal == 'value':  # q, k of x; v of x + td with twice v's bias
-            xv, bv = fold_value_signal(x, td, b[2 * C:])
-            qkv = torch.cat([F.linear(x, w[:2 * C], b[:2 * C]), F.linear(xv, w[2 * C:], bv)], -1)
-        elif self.signal == 'qkv':
-            xs, bs = fold_value_signal(x, td, b)
-            qkv = F.linear(xs, w, bs)
-        else:
-            raise ValueError('an attention with signal ' + self.signal + ' takes no top-down signal')
+        qk, v = self.project(x, td, self.qkv.weight, self.qkv.bias, 2 * C)
+        qkv = qk if v is None else torch.cat([qk, v], -1)
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if td is not None and self.signal == 'mask':
-            v = masked_value(v, td)
-        return q, k, v
+        return q, k, self.signal_value(v, td)
+
+    def attention_weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """RVT's logits: the product scaled after, times RVT*'s position-aware scaling where it has one."""
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        scaling = self.att_mask
+        if scaling is not None:
+            N = q.shape[-2]
+            if scaling.shape[-1] != N:
+                raise ValueError('position-aware attention scaling was built for ' + str(scaling.shape[-1])
+                                 + ' tokens, got ' + str(N) + ': RVT* runs only at its construction size')
+            attn = attn * torch.sigmoid(scaling)
+        return attn.softmax(dim=-1)
 
     def forward(self, x: torch.Tensor, td: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self._qkv(x, td)
-        scaling = self.att_mask
-        if scaling is None and not self.record_weights:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
-        else:
-            attn = (q @ k.transpose(-2, -1)) * self.scale
-            if scaling is not None:
-                if scaling.shape[-1] != N:
-                    raise ValueError('position-aware attention scaling was built for ' + str(scaling.shape[-1])
-                                     + ' tokens, got ' + str(N) + ': RVT* runs only at its construction size')
-                attn = attn * torch.sigmoid(scaling)
-            attn = attn.softmax(dim=-1)
-            if self.record_weights:
-                self.attn_weights = attn.detach()
-            x = self.attn_drop(attn) @ v
+        x = self.attend(q, k, v, explicit=self.att_mask is not None)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -419,10 +403,10 @@ def _cfg(**kwargs) -> dict:
             'std': IMAGENET_DEFAULT_STD, 'first_conv': 'patch_embed.proj.0', 'classifier': 'head', **kwargs}
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(recorded_cfgs({
     'rvt_tiny': _cfg(pool_size=(7, 7)), 'rvt_small': _cfg(), 'rvt_base': _cfg(),
     'absrvt_tiny': _cfg(pool_size=(7, 7)), 'absrvt_small': _cfg(), 'absrvt_base': _cfg(),
-})
+}, twins={f'absrvt_{size}': f'rvt_{size}' for size in ('tiny', 'small', 'base')}))
 
 #: The release's sizes (``rvt_tiny``, ``rvt_small``, ``rvt_base``).
 RVT_SIZES = {

@@ -9,7 +9,9 @@ A top-down model runs its backbone twice:
 3. **feedback**: one token-wise decoder per block, walked from the top block down. Decoder ``l``
    hands ``linear(x)`` to the block below and gives block ``l`` its top-down signal ``linear2(x)``;
 4. **top-down pass**: the same blocks again from the input; each attention adds its block's signal
-   to its VALUE (how exactly is the only thing a backbone supplies, see ``models/absvit.py``).
+   to its VALUE. How a signal enters an attention (``SIGNAL_ROUTES``: value, qkv or mask) and the
+   recording of attention weights are ``TopDownAttentionMixin``'s, which each backbone's attention
+   inherits; which tensors are its q/k/v projections is all a backbone supplies (``models/absvit.py``).
 
 Training adds the **variational loss**: each decoder's ``linear`` reconstructs its block's input from
 the block's output, with stop-gradient on both, so only the decoders learn from it.
@@ -38,7 +40,7 @@ from timm.models._features import feature_take_indices
 __all__ = [
     'TD_MODES', 'TOP_DOWN_MODES', 'SIGNALS', 'TopDownMode', 'top_down_mode', 'checked_signal', 'masked_value',
     'TopDownOutput', 'PassOutput', 'TokenDecoder', 'prior_mask', 'reweight', 'REWEIGHTINGS', 'fold_value_signal',
-    'steering_prior',
+    'SignalRoute', 'SIGNAL_ROUTES', 'TopDownAttentionMixin', 'steering_prior',
     'variational_loss', 'TopDownMixin',
 ]
 
@@ -199,6 +201,94 @@ def fold_value_signal(x: torch.Tensor, td: Optional[torch.Tensor],
     if td is None:
         return x, bias
     return x + td, None if bias is None else 2 * bias
+
+
+class SignalRoute(NamedTuple):
+    """Where one kind of top-down signal enters an attention (a row of ``SIGNAL_ROUTES``). A NamedTuple
+    so that TorchScript reads it as a module attribute, as it reads ``TopDownMode``."""
+    qk: bool    #: added to the input of the query and key projections (folded, see ``fold_value_signal``)
+    v: bool     #: added to the input of the value projection (folded)
+    mask: bool  #: a (B, N, 1) token mask that multiplies the value (``masked_value``)
+
+
+#: The signal switch, the ``signal`` column of the mode table as data: ``value`` (AbSViT), ``qkv``
+#: (AbSViT-QKV), ``mask`` (MaskAtt), ``none`` (a mode without a second pass: a signal is an error).
+SIGNAL_ROUTES: Dict[str, SignalRoute] = {
+    'value': SignalRoute(qk=False, v=True, mask=False),
+    'qkv': SignalRoute(qk=True, v=True, mask=False),
+    'mask': SignalRoute(qk=False, v=False, mask=True),
+    'none': SignalRoute(qk=False, v=False, mask=False),
+}
+if set(SIGNAL_ROUTES) != set(SIGNALS):
+    raise ImportError(f'SIGNAL_ROUTES {tuple(SIGNAL_ROUTES)} must cover the signals of the mode table {SIGNALS}')
+
+
+class TopDownAttentionMixin:
+    """The attention side of the top-down pass, once for every backbone: how an attention takes its
+    block's signal and the recording of its softmax weights that ``TopDownMixin.inspect`` reads.
+
+    A backbone's attention (an ``nn.Module``) lists this mixin before its base, calls
+    ``init_signal(signal)`` after ``nn.Module.__init__`` and, in ``forward(x, td=None)``:
+
+    1. ``project(x, td, weight, bias, value_from)`` for each of its q/k/v projections: the projection
+       with the signal routed in (``SIGNAL_ROUTES``); rows from ``value_from`` on are value rows (the
+       caller says where: under FX tracing a weight's shape cannot steer control flow);
+    2. ``signal_value(v, td)`` on the value in heads layout (applies ``maskatt``'s token mask);
+    3. ``attend(q, k, v, explicit)``: fused attention, or the explicit softmax when weights are being
+       recorded or the backbone needs it (``explicit``); a backbone whose logits are not
+       ``softmax(q k^T * scale)`` overrides ``attention_weights``.
+
+    It needs the attributes ``scale`` and ``attn_drop`` (an ``nn.Dropout``). Projections are given as
+    tensors, not modules: TorchScript cannot pass a module to a method.
+    """
+    # TorchScript reads the first annotations along the bases: these two type the attributes
+    attn_weights: Optional[torch.Tensor]
+    route: SignalRoute
+
+    def init_signal(self, signal: str) -> None:
+        """How this attention takes a signal (checked: a typo fails at construction); recording off."""
+        self.signal = checked_signal(signal)
+        self.route = SIGNAL_ROUTES[signal]
+        self.record_weights = False
+        self.attn_weights = None
+
+    def project(self, x: torch.Tensor, td: Optional[torch.Tensor], weight: torch.Tensor,
+                bias: Optional[torch.Tensor], value_from: Optional[int]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``x @ weight.T + bias`` with the signal ``td`` routed in; rows from ``value_from`` on are value
+        rows (``None``: the projection has none, e.g. a separate query projection). Returns ``(out, None)``
+        when every row sees the same input (one projection), else ``(rows before value_from, value rows)``,
+        each with its own input: the two calls the release's split amounts to, no concatenation."""
+        route = self.route
+        if td is not None and not (route.qk or route.v or route.mask):
+            raise ValueError(f"an attention with signal '{self.signal}' takes no top-down signal")
+        into_qk = td is not None and route.qk
+        into_v = td is not None and route.v
+        if value_from is not None and into_qk != into_v:
+            x1, b1 = fold_value_signal(x, td if into_qk else None, None if bias is None else bias[:value_from])
+            x2, b2 = fold_value_signal(x, td if into_v else None, None if bias is None else bias[value_from:])
+            return F.linear(x1, weight[:value_from], b1), F.linear(x2, weight[value_from:], b2)
+        xs, bs = fold_value_signal(x, td if into_qk else None, bias)
+        return F.linear(xs, weight, bs), None
+
+    def signal_value(self, v: torch.Tensor, td: Optional[torch.Tensor]) -> torch.Tensor:
+        """The value (B, heads, N, d), times the token mask where the signal is one."""
+        if td is not None and self.route.mask:
+            return masked_value(v, td)
+        return v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, explicit: bool = False) -> torch.Tensor:
+        """``softmax(logits) v`` of (B, heads, N, d) tensors: torch's fused kernel unless weights are
+        recorded or ``explicit``; recording keeps the last weights in ``attn_weights``."""
+        if not (explicit or self.record_weights):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
+        attn = self.attention_weights(q, k)
+        if self.record_weights:
+            self.attn_weights = attn.detach()
+        return self.attn_drop(attn) @ v
+
+    def attention_weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The explicit path's softmax weights: ``softmax((q * scale) k^T)``."""
+        return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
 @torch.fx.wrap
@@ -582,7 +672,7 @@ class TopDownMixin:
     def recording_attention(self, enabled: bool = True):
         """Within the context, attentions keep their softmax weights; yields the list they fill."""
         found: List[torch.Tensor] = []
-        modules = [m for m in self.modules() if hasattr(m, 'record_weights')] if enabled else []
+        modules = [m for m in self.modules() if isinstance(m, TopDownAttentionMixin)] if enabled else []
         for m in modules:
             m.record_weights = True
         try:

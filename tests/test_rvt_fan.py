@@ -1,6 +1,8 @@
 """RVT and FAN-ViT (and their AbS variants): exactness against the releases (golden file), the
 releases' full-size key layouts written out here from their code, RVT*'s attention scaling against a
-direct computation, timm integration, and the behaviour of the top-down path."""
+direct computation, timm integration, and what is their own in the top-down path (the signal against
+the full-projection reference, RVT's bridge and mask, the maps' grids); what every backbone must do is
+tests/test_backbone_contract.py's."""
 import pytest
 import timm
 import torch
@@ -276,20 +278,6 @@ def test_heads_and_pooling_options():
 
 
 @pytest.mark.parametrize('name', list(SMALL))
-def test_grad_checkpointing_gives_equal_gradients(name):
-    x = torch.randn(2, 3, 64, 64)
-    grads = []
-    for ckpt in (False, True):
-        torch.manual_seed(0)
-        model = timm.create_model(name, num_classes=3)
-        model.set_grad_checkpointing(ckpt)
-        model(x).square().mean().backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    for n in grads[0]:
-        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
-
-
-@pytest.mark.parametrize('name', list(SMALL))
 def test_torchscript_gives_the_eager_logits(name):
     model = timm.create_model(name, num_classes=3).eval()
     x = torch.randn(1, 3, 64, 64)
@@ -397,28 +385,6 @@ def test_top_down_pass_equals_the_reference(kind, size):
     assert (got - model.forward_head(tokens)).abs().max() > 1e-2  # the top-down path matters here
 
 
-@pytest.mark.parametrize('kind', list(ABS))
-def test_abs_pass_1_is_the_plain_backbone_with_the_same_weights(kind):
-    cls, plain_cls, cfg = ABS[kind]
-    torch.manual_seed(1)
-    plain = plain_cls(**cfg).eval()
-    model = cls(**cfg).eval()
-    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
-    n_blocks = model.num_td_blocks()
-    assert unexpected == [] and sorted(missing) == sorted(
-        ['prompt'] + [f'decoders.{i}.{n}.weight' for i in range(n_blocks) for n in ('linear', 'linear2')]
-        + (['up_projs.0.weight'] if kind == 'rvt' else []))
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        model.prompt.copy_(model.bottom_up(x).flatten(0, -2).mean(0))  # a prior that selects tokens
-        for d in model.decoders:  # and a feedback large enough to see
-            d.linear.weight.mul_(8), d.linear2.weight.mul_(8)
-        out = model(x, return_aux=True)
-        assert torch.equal(out.pass_logits[0], plain(x))
-        assert torch.equal(model.bottom_up(x), plain.forward_features(x))
-        assert not torch.allclose(out.logits, out.pass_logits[0], atol=1e-4)  # pass 2 is another computation
-
-
 @pytest.mark.parametrize('kind,entry', [('rvt', 'rvt_two_stage'), ('rvt', 'rvt_one_stage'), ('fan', 'fan_vit')])
 def test_abs_takes_release_weights_and_its_pass_1_is_the_release(kind, entry):
     g = golden('rvt_fan_release_micro.pt')[entry]
@@ -427,36 +393,6 @@ def test_abs_takes_release_weights_and_its_pass_1_is_the_release(kind, entry):
     assert unexpected == [] and all(k.startswith(('prompt', 'decoders.', 'up_projs.')) for k in missing)
     with torch.no_grad():
         assert rel_err(model(g['x'], return_aux=True).pass_logits[0], g['logits']) <= 1e-5
-
-
-def _one_step(model, x, y):
-    out = model(x, return_aux=True)
-    loss = sum(F.cross_entropy(p, y) for p in out.pass_logits) / len(out.pass_logits)
-    if out.var_loss is not None:
-        loss = loss + 0.1 * out.var_loss
-    loss.backward()
-    return out, [n for n, p in model.named_parameters() if p.grad is None]
-
-
-@pytest.mark.parametrize('kind', list(ABS))
-@pytest.mark.parametrize('mode', models.TD_MODES)
-def test_every_td_mode_trains_and_differs(kind, mode):
-    ref = abs_micro(kind)
-    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 2])
-    with torch.no_grad():  # a prompt that matches the tokens, so the prior selects something
-        ref.prompt.copy_(ref.bottom_up(x).flatten(0, -2).mean(0))
-    model = ABS[kind][0](**ABS[kind][2], td_mode=mode)
-    model.load_state_dict({k: v for k, v in ref.state_dict().items() if k in model.state_dict()}, strict=False)
-    out, unused = _one_step(model.train(), x, y)
-    assert unused == [], f'{mode}: parameters without gradient would break DDP: {unused}'
-    assert (out.var_loss is not None) == (mode in ('abs', 'qkv', 'feedback'))
-    assert ('prompt' in model.state_dict()) == (mode != 'feedback')
-    assert (kind == 'rvt' and mode in ('abs', 'qkv', 'feedback')) == ('up_projs.0.weight' in model.state_dict())
-    if mode != 'abs':
-        ref.eval(), model.eval()
-        with torch.no_grad():
-            ref.load_state_dict({k: v for k, v in model.state_dict().items() if k in ref.state_dict()}, strict=False)
-            assert (ref(x) - model(x)).abs().max() > 1e-5, mode  # same weights, another mode
 
 
 def test_rvt_maskatt_repeats_its_mask_for_stage_0():
@@ -484,15 +420,6 @@ def test_feedback_reaches_stage_0_through_the_bridge():
     assert model.up_projs[0].weight.shape == model.pools[0].conv.weight.shape  # the pooling's adjoint's shape
 
 
-def test_variational_loss_trains_only_the_decoders():
-    for kind in ABS:
-        model = abs_micro(kind)
-        model(torch.randn(2, 3, 64, 64), return_aux=True).var_loss.backward()
-        for n, p in model.named_parameters():
-            has_grad = p.grad is not None and p.grad.abs().sum() > 0
-            assert has_grad == (n.startswith('decoders') and n.endswith('.linear.weight')), n
-
-
 ABS_PARAMS = {  # Table 2's AbS rows (M) where one decoder per block gives them; Ti: see the report
     'absrvt_small': 25.7, 'absrvt_base': 100.4, 'absfan_small_12_p16_224': 31.9, 'absfan_base_18_p16_224': 61.6,
     'absrvt_tiny': 10.0, 'absfan_tiny_12_p16_224': 8.2}
@@ -511,83 +438,22 @@ def test_abs_param_counts(name):
 
 
 @pytest.mark.parametrize('kind', list(ABS))
-def test_steering_and_inspect(kind):
+def test_inspect_maps_live_on_each_blocks_grid(kind):
+    """Steering and inspect in general: tests/test_backbone_contract.py. Here the maps' grids: RVT's two
+    stages put block 1 and the prior's mask on different maps; FAN has one 4x4 grid."""
     model = abs_micro(kind).eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        z = model.bottom_up(x).flatten(0, -2)
-        model.head.weight[3], model.head.weight[7] = z.mean(0), z[1]  # prototypes that select tokens
-        steer = [model(x, classes=c, alpha=4.0) for c in (3, 7)]
-        r = model.inspect(x, classes=3, alpha=4.0, attn_weights=True, feature_blocks=(0, 2), depth=2)
-    assert (steer[0] - steer[1]).abs().max() > 1e-3
-    assert torch.allclose(r['logits'], steer[0], atol=1e-5)
-    # RVT (two stages): block 1 and the prior's mask live on different maps; FAN: one 4x4 grid
+    r = model.inspect(torch.randn(2, 3, 64, 64), classes=3, alpha=4.0, attn_weights=True, feature_blocks=(0, 2),
+                      depth=2)
     assert r['bottom_up'].shape == r['top_down'].shape == (2, 4, 4)
     assert r['prior_mask'].shape == ((2, 2, 2) if kind == 'rvt' else (2, 4, 4))
-    assert len(r['attn_top_down']) == 3 and torch.allclose(r['attn_top_down'][0].sum(-1), torch.ones(1), atol=1e-5)
+    assert [tuple(w.shape[-2:]) for w in r['attn_top_down']] == ([(16, 16)] * 2 + [(4, 4)] if kind == 'rvt'
+                                                                 else [(16, 16)] * 3)
     assert [tuple(f.shape) for f in r['features'].values()] == \
         ([(2, 32, 4, 4), (2, 64, 2, 2)] if kind == 'rvt' else [(2, 64, 4, 4)] * 2)
 
 
 # ------------------------------------------------------------------------------------------------
 # timm conventions of the AbS variants: the mode table, the top-down pass as the features
-
-SECOND_PASS = [m for m in models.TD_MODES if models.TOP_DOWN_MODES[m].second_pass]
-
-
-def attentions(model):
-    if isinstance(model, RVT):
-        return [blk.attn for stage in model.transformers for blk in stage.blocks]
-    return [blk.attn for blk in model.blocks]
-
-
-def fx_traced(model):
-    """The model traced as timm's feature extraction traces it (timm's leaf modules and functions)."""
-    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
-    kw = dict(leaf_modules=timm.models.get_notrace_modules(), autowrap_functions=timm.models.get_notrace_functions(),
-              param_shapes_constant=True)
-    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=kw)
-    graph = create_feature_extractor(model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]],
-                                     tracer_kwargs=kw)
-    return lambda *args, **kwargs: next(iter(graph(*args, **kwargs).values()))
-
-
-@pytest.mark.parametrize('kind', list(ABS))
-@pytest.mark.parametrize('mode', models.TD_MODES)
-def test_mode_table_is_what_the_abs_variants_build_script_and_trace(kind, mode):
-    row = models.TOP_DOWN_MODES[mode]
-    model = abs_micro(kind, mode).eval()
-    assert model.td_spec == row and (model.prompt is not None) == row.prior
-    assert (model.decoders is not None) == row.decoders
-    assert all(a.signal == row.signal for a in attentions(model))  # given at construction
-    x = torch.randn(2, 3, 64, 64)
-    steer = {} if mode == 'feedback' else dict(classes=[1, 4], alpha=3.0)
-    with torch.no_grad():
-        logits = model(x, **steer)
-        assert torch.equal(model.forward_head(model.forward_features(x, **steer)), logits)
-        assert torch.equal(model(x, return_aux=True, **steer).logits, logits)
-        script_steer = {} if mode == 'feedback' else dict(classes=torch.tensor([1, 4]), alpha=3.0)
-        assert close(torch.jit.script(model)(x, **script_steer), logits)
-        assert close(fx_traced(model)(x, **steer), logits)
-
-
-@pytest.mark.parametrize('kind', list(ABS))
-@pytest.mark.parametrize('mode', SECOND_PASS)
-def test_intermediates_are_the_top_down_pass_and_bottom_up_the_plain_backbones(kind, mode):
-    model = abs_micro(kind, mode).eval()
-    plain = ABS[kind][1](**ABS[kind][2]).eval()
-    plain.load_state_dict(model.state_dict(), strict=False)
-    n, x = model.num_td_blocks(), torch.randn(2, 3, 64, 64)
-    steer = {} if mode == 'feedback' else dict(classes=2, alpha=3.0)
-    with torch.no_grad():
-        final, inter = model.forward_intermediates(x, indices=n, **steer)
-        features = model.inspect(x, depth=n, feature_blocks=range(n), **steer)['features']
-        bottom_final, bottom = model.forward_intermediates(x, indices=n, top_down=False)
-        ref_final, ref = plain.forward_intermediates(x, indices=n)
-        assert close(final, model.forward_features(x, **steer)) and close(bottom_final, ref_final)
-    assert all(close(a, features[i]) for i, a in enumerate(inter))
-    assert all(close(a, b) for a, b in zip(bottom, ref)) and not close(inter[-1], bottom[-1], 1e-3)
-
 
 @pytest.mark.parametrize('name,kwargs', [('absrvt_tiny', RVT_MICRO), ('rvt_tiny', RVT_MICRO),
                                          ('absfan_tiny_12_p16_224', FAN_MICRO), ('fan_tiny_12_p16_224', FAN_MICRO)])
