@@ -4,22 +4,22 @@ Nothing here depends on the model's name or kind: the model is called as
 ``model(images, **criterion.model_kwargs)`` and the criterion decides how to use what it returns
 (see ``losses.py``).
 """
+import math
 import sys
 import time
 from contextlib import nullcontext
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import evaluation
 import misc
 from errors import NonFiniteLossError
 
-__all__ = ['train_one_epoch', 'evaluate', 'autocast', 'BatchPriors', 'takes_prior', 'attach_prior_table',
-           'PRIOR_SOURCES']
+__all__ = ['train_one_epoch', 'TrainStep', 'ClassificationStep', 'evaluate', 'autocast', 'unwrap_model']
 
 
 def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
@@ -28,62 +28,68 @@ def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside torch.compile and DDP wrappers."""
-    model = getattr(model, '_orig_mod', model)
-    return model.module if isinstance(model, DistributedDataParallel) else model
+unwrap_model = misc.unwrap_model
+_unwrap = unwrap_model  # the name the evaluation code uses
 
 
-#: Where a class prior comes from in prior-conditioned training (``--prior-source``).
-PRIOR_SOURCES = ('classifier', 'table')
+class TrainStep:
+    """What one training step computes, for the one training loop (``train_one_epoch``) that every trainer
+    shares. The loop owns what is common (autocast, gradient accumulation, the loss scaler, clipping, the
+    non-finite check, EMA, the lr schedule, logging); a step only says how a batch becomes a loss.
+
+    * ``module``: the network that runs forward (DDP- or compile-wrapped as the run wraps it): the loop puts
+      it in train mode, skips DDP's gradient all-reduce on accumulation steps and clips its gradients;
+    * ``prepare(batch)``: device transfer and batch-level augmentation, outside autocast;
+    * ``__call__(batch) -> (loss, terms)``: the forward under autocast; ``terms`` (scalar tensors, left on the
+      device) are logged beside the loss;
+    * ``batch_size(batch)``: the samples in the batch, for img/s.
+    """
+    module: nn.Module
+
+    def prepare(self, batch):
+        return batch
+
+    def __call__(self, batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def batch_size(self, batch) -> int:
+        return len(batch[0])
 
 
-def takes_prior(model: nn.Module) -> bool:
-    """Whether the model is steered by a prior: a top-down mode with a learned ``prompt`` (not Feedback,
-    not a plain backbone)."""
-    return getattr(_unwrap(model), 'prompt', None) is not None
+class ClassificationStep(TrainStep):
+    """``criterion(model(images, **criterion.model_kwargs), targets)``: the step of main.py's tasks
+    (classification, multi-label, prior-conditioned training) and of the controllability study.
 
+    Batches of three, ``(images, targets, prior ids)`` (``datasets.PriorComposites``), call the model with
+    ``prior=batch_priors(ids)`` (per-sample priors, ``losses.BatchPriors``) and hand the ids to the criterion
+    (``losses.PriorTargetLoss``); without ``batch_priors`` (a model that takes no prior) the model is called
+    as usual. Nothing here depends on the model's kind: the criterion decides how to use the output.
+    """
 
-def attach_prior_table(model: nn.Module, num_classes: int) -> nn.Parameter:
-    """Give ``model`` a learned class-embedding table ``prior_table`` (num_classes, prior width), the class
-    priors of ``--prior-source table``: a parameter of the model, so the optimizer, EMA, DDP and checkpoints
-    hold it like any weight. Rows start as random directions, like the prompt."""
-    prompt = getattr(model, 'prompt', None)
-    if prompt is None:
-        raise ValueError(f'{type(model).__name__} takes no prior; a prior table needs a top-down mode with a prompt')
-    table = nn.Parameter(torch.randn(num_classes, prompt.shape[-1], device=prompt.device, dtype=prompt.dtype))
-    model.register_parameter('prior_table', table)
-    return table
+    def __init__(self, model: nn.Module, criterion: nn.Module, device: torch.device,
+                 mixup_fn: Optional[Callable] = None, batch_priors: Optional[Callable] = None):
+        self.module, self.criterion, self.device = model, criterion, device
+        self.mixup_fn, self.batch_priors = mixup_fn, batch_priors
+        self.model_kwargs = getattr(criterion, 'model_kwargs', {}) or {}
 
+    def prepare(self, batch):
+        images, targets, prior_ids = _split_batch(batch)
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if prior_ids is not None:  # once: the priors and the criterion both read them
+            prior_ids = prior_ids.to(self.device, non_blocking=True)
+        if self.mixup_fn is not None:
+            images, targets = self.mixup_fn(images, targets)
+        return images, targets, prior_ids
 
-class BatchPriors:
-    """The per-sample prior vectors ``(B, C)`` of a batch of prior ids: class ``c >= 0`` gives class c's
-    prior (its classifier row, ``class_prototypes()``, or its row of the learned ``prior_table``), ``-1`` the
-    learned prompt. Built on the unwrapped model and evaluated outside the DDP forward; every row comes from
-    one ``torch.where`` over the whole batch, so the prompt and the class priors are in every step's graph
-    (DDP then always sees their gradients, zero or not)."""
-
-    def __init__(self, model: nn.Module, source: str = 'classifier'):
-        if source not in PRIOR_SOURCES:
-            raise ValueError(f'prior source must be one of {PRIOR_SOURCES}, got {source!r}')
-        self.model, self.source = _unwrap(model), source
-        if not takes_prior(self.model):
-            raise ValueError(f'{type(self.model).__name__} takes no prior')
-        if self.class_rows() is None:
-            raise ValueError('class priors need a linear classifier head (class_prototypes) or --prior-source table')
-
-    def class_rows(self) -> Optional[torch.Tensor]:
-        if self.source == 'table':
-            return getattr(self.model, 'prior_table', None)
-        return self.model.class_prototypes()
-
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.class_rows()
-        if ids.device.type == 'cpu' and ids.numel() and int(ids.max()) >= rows.shape[0]:  # no sync on devices
-            raise ValueError(f'prior class {int(ids.max())} out of range for {rows.shape[0]} classes')
-        chosen = rows[ids.clamp(min=0)]
-        prompt = self.model.prompt.to(chosen.dtype).expand_as(chosen)
-        return torch.where((ids >= 0)[:, None], chosen, prompt)
+    def __call__(self, batch):
+        images, targets, prior_ids = batch
+        kwargs = self.model_kwargs
+        if prior_ids is not None and self.batch_priors is not None:
+            kwargs = {**kwargs, 'prior': self.batch_priors(prior_ids)}
+        output = self.module(images, **kwargs)
+        loss = self.criterion(output, targets) if prior_ids is None else self.criterion(output, targets, prior_ids)
+        return loss, getattr(self.criterion, 'last_terms', {})
 
 
 def _split_batch(batch):
@@ -108,56 +114,55 @@ def _default_check_every(device: torch.device, log_every: int) -> int:
     return 1 if device.type == 'cpu' else max(1, int(log_every))
 
 
-def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable,
-                    optimizer: torch.optim.Optimizer, device: torch.device, epoch: int, *,
-                    num_epochs: Optional[int] = None, lr_scheduler=None, sched_on_updates: bool = False,
-                    amp_dtype: Optional[torch.dtype] = None, loss_scaler=None, clip_grad: Optional[float] = None,
-                    model_ema=None, mixup_fn: Optional[Callable] = None, tb_writer=None, log_every: int = 50,
-                    check_every: Optional[int] = None, progress: bool = True,
-                    set_training_mode: bool = True, batch_priors: Optional[Callable] = None) -> Dict[str, float]:
-    """Train for one pass over ``data_loader``; returns averages over this process's steps.
+def _no_sync(module: nn.Module, sync: bool):
+    """DDP's ``no_sync`` on a step that only accumulates gradients (also under torch.compile)."""
+    inner = getattr(module, '_orig_mod', module)
+    return inner.no_sync() if not sync and isinstance(inner, DistributedDataParallel) else nullcontext()
 
-    Losses stay on the device and are read on the host only every ``check_every`` steps and at the end
-    of the epoch (default: every step on CPU, every ``log_every`` steps elsewhere), so the hot loop has no
-    host syncs. Batches of three, ``(images, targets, prior ids)`` (``datasets.PriorComposites``), call the
-    model with ``prior=batch_priors(ids)`` (per-sample priors); without ``batch_priors`` (a model that takes no
-    prior) the ids are ignored. A NaN/inf loss raises ``NonFiniteLossError`` on every rank at the next read, naming
-    the first bad step, before anything is checkpointed: checkpoints stay those of the last good epoch.
+
+def train_one_epoch(step: TrainStep, data_loader: Iterable, optimizer: torch.optim.Optimizer,
+                    device: torch.device, epoch: int, *, num_epochs: Optional[int] = None, accum_steps: int = 1,
+                    on_update: Optional[Callable[[int], None]] = None, amp_dtype: Optional[torch.dtype] = None,
+                    loss_scaler=None, clip_grad: Optional[float] = None, model_ema=None, tb_writer=None,
+                    log_every: int = 50, check_every: Optional[int] = None, progress: bool = True,
+                    set_training_mode: bool = True) -> Dict[str, float]:
+    """Train for one pass over ``data_loader``; returns averages over every process's steps.
+
+    Every ``accum_steps`` batches (and at the last) the accumulated gradients update the weights; then the
+    EMA follows and ``on_update(num_updates)`` runs (a per-update lr schedule), ``num_updates`` counting
+    updates since the start of training. Losses stay on the device and are read on the host only every
+    ``check_every`` steps and at the end of the epoch (default: every step on CPU, every ``log_every``
+    steps elsewhere), so the hot loop has no host syncs. A NaN/inf loss raises ``NonFiniteLossError`` on
+    every rank at the next read, naming the first bad step, before anything is checkpointed.
     """
-    model.train(set_training_mode)
-    model_kwargs = getattr(criterion, 'model_kwargs', {}) or {}
+    module = step.module
+    module.train(set_training_mode)
     check_every = check_every or _default_check_every(device, log_every)
     steps = len(data_loader)
-    desc = f'Epoch {epoch + 1}' + (f'/{num_epochs}' if num_epochs else '')
-    bar = _progress(data_loader, steps, desc, progress)
+    per_epoch = math.ceil(steps / accum_steps)
+    bar = _progress(data_loader, steps, f'Epoch {epoch + 1}' + (f'/{num_epochs}' if num_epochs else ''), progress)
     tracker = _LossTracker(device, epoch, steps)
-    n_seen = 0
-    start = time.time()
+    n_seen, num_updates, start = 0, epoch * per_epoch, time.time()
+    optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
-        images, targets, prior_ids = _split_batch(batch)
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if prior_ids is not None:  # once: the priors and the criterion both read them
-            prior_ids = prior_ids.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            images, targets = mixup_fn(images, targets)
-        with autocast(device, amp_dtype):
-            kwargs = model_kwargs
-            if prior_ids is not None and batch_priors is not None:
-                kwargs = {**model_kwargs, 'prior': batch_priors(prior_ids)}
-            output = model(images, **kwargs)
-            loss = criterion(output, targets) if prior_ids is None else criterion(output, targets, prior_ids)
-        tracker.add(i, loss, getattr(criterion, 'last_terms', {}))
+        batch = step.prepare(batch)
         last = i == steps - 1
-        # host read; raises before the step if this step's loss is bad
-        means = tracker.check() if (i + 1) % check_every == 0 or last else None
-        _optimizer_step(model, loss, optimizer, loss_scaler, clip_grad)
-        if model_ema is not None:
-            model_ema.update(_unwrap(model))
-        num_updates = epoch * steps + i + 1
-        if lr_scheduler is not None and sched_on_updates:
-            lr_scheduler.step_update(num_updates=num_updates)
-        n_seen += images.shape[0]
+        sync = (i + 1) % accum_steps == 0 or last
+        with _no_sync(module, sync):
+            with autocast(device, amp_dtype):
+                loss, terms = step(batch)
+            tracker.add(i, loss, terms)
+            # host read; raises before the update if this step's loss is bad
+            means = tracker.check() if (i + 1) % check_every == 0 or last else None
+            _backward(loss if accum_steps == 1 else loss / accum_steps, loss_scaler)
+        n_seen += step.batch_size(batch)
+        if sync:
+            _update(module, optimizer, loss_scaler, clip_grad)
+            num_updates = epoch * per_epoch + i // accum_steps + 1
+            if model_ema is not None:
+                model_ema.update(unwrap_model(module))
+            if on_update is not None:
+                on_update(num_updates)
         if means is not None and misc.is_main_process():
             # check_every > 1: every read is logged (means over the steps since the last read)
             _log_step(bar, tb_writer, means, optimizer.param_groups[0]['lr'], num_updates,
@@ -166,22 +171,23 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     return _epoch_stats(tracker, optimizer, n_seen, time.time() - start, device)
 
 
-def _optimizer_step(model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer, loss_scaler,
-                    clip_grad: Optional[float]) -> None:
-    """Backward and update; with fp16's loss scaler: scaled backward, unscale before clipping."""
-    optimizer.zero_grad(set_to_none=True)
+def _backward(loss: torch.Tensor, loss_scaler) -> None:
+    (loss_scaler.scale(loss) if loss_scaler is not None else loss).backward()
+
+
+def _update(module: nn.Module, optimizer: torch.optim.Optimizer, loss_scaler, clip_grad: Optional[float]) -> None:
+    """Clip and apply the accumulated gradients, then clear them; with fp16's loss scaler: unscale before
+    clipping, and let the scaler skip steps with inf/NaN gradients."""
+    if loss_scaler is not None and clip_grad:
+        loss_scaler.unscale_(optimizer)
+    if clip_grad:
+        nn.utils.clip_grad_norm_(module.parameters(), clip_grad)
     if loss_scaler is not None:
-        loss_scaler.scale(loss).backward()
-        if clip_grad:
-            loss_scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         loss_scaler.step(optimizer)
         loss_scaler.update()
     else:
-        loss.backward()
-        if clip_grad:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _log_step(bar, tb_writer, means: Dict[str, float], lr: float, num_updates: int, log_every: int,
@@ -258,28 +264,26 @@ class _LossTracker:
 def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
              class_mask: Optional[torch.Tensor] = None,
              attack: Optional[Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
-             desc: str = 'Test', progress: bool = True, evaluator=None) -> Dict[str, float]:
-    """Top-1/top-5 accuracy (%) and mean cross-entropy over the whole loader.
-
-    * ``evaluator``: another task's metrics (e.g. ``multilabel_metrics.MultiLabelEvaluator``): it is ``reset()``,
-      given every batch's ``update(logits, targets)``, and its ``compute()`` (which gathers the processes' shards)
-      is returned instead.
+             desc: str = 'Test', progress: bool = True,
+             evaluator: Optional[evaluation.Evaluator] = None) -> dict:
+    """The statistics of ``evaluator`` (``evaluation.py``) over the whole loader: it is ``reset``, given every
+    batch's ``update(logits, targets)``, and its ``compute()`` (over every process's shard) is returned.
+    Without one, a fresh ``ClassificationEvaluator``: top-1/top-5 accuracy (%), mean cross-entropy, ``n``.
 
     * ``class_mask``: indices of the logit columns to keep (e.g. the 200 ImageNet-A/R classes); targets are
       then indices into the mask.
     * ``attack(model, images, targets) -> images``: applied per batch with gradients enabled, on the
       model in eval mode (e.g. FGSM/PGD).
-    * Distributed: each process evaluates its own shard; sums are all-reduced, so ``n`` is the total
-      number of samples evaluated.
+    * Distributed: each process evaluates its own shard; the evaluator reduces over processes, so ``n`` is
+      the total number of samples evaluated.
     """
+    evaluator = evaluator or evaluation.ClassificationEvaluator()
     net = _unwrap(model)  # no DDP forward: shards may differ in length and must not meet in collectives
     was_training = net.training
     net.eval()
     if class_mask is not None:
         class_mask = torch.as_tensor(class_mask, dtype=torch.long, device=device)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, correct1, correct5, n
-    if evaluator is not None:
-        evaluator.reset()
+    evaluator.reset(device)
     try:
         for images, targets in _progress(data_loader, len(data_loader), desc, progress):
             images = images.to(device, non_blocking=True)
@@ -292,20 +296,7 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp_
             logits = logits.float()
             if class_mask is not None:
                 logits = logits[:, class_mask]
-            if evaluator is not None:
-                evaluator.update(logits, targets)
-                continue
-            loss = F.cross_entropy(logits, targets, reduction='sum')
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            hit = top.eq(targets[:, None])
-            sums += torch.stack([loss.double(), hit[:, :1].sum().double(), hit.sum().double(),
-                                 torch.tensor(float(len(targets)), dtype=torch.float64, device=device)])
+            evaluator.update(logits, targets)
     finally:
         net.train(was_training)
-    if evaluator is not None:
-        return evaluator.compute()
-    misc.all_reduce_sum(sums)
-    loss_sum, c1, c5, n = sums.tolist()
-    n_safe = max(n, 1.0)
-    return {'acc1': 100.0 * c1 / n_safe, 'acc5': 100.0 * c5 / n_safe, 'loss': loss_sum / n_safe, 'n': int(n)}
+    return evaluator.compute()

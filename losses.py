@@ -17,10 +17,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
+import misc
 from models import TopDownOutput
 
-__all__ = ['AbSLoss', 'PlainLoss', 'PriorTargetLoss', 'ABSENT_TARGETS', 'AsymmetricLoss', 'build_supervised_loss', 'build_multilabel_loss',
-           'build_criterion']
+__all__ = ['AbSLoss', 'PlainLoss', 'PriorTargetLoss', 'ABSENT_TARGETS', 'AsymmetricLoss', 'build_supervised_loss',
+           'build_multilabel_loss', 'build_criterion', 'BatchPriors', 'takes_prior', 'attach_prior_table',
+           'PRIOR_SOURCES']
 
 
 class PlainLoss(nn.Module):
@@ -177,3 +179,58 @@ def build_criterion(args, model: nn.Module, mixup_active: bool, composites: bool
     if getattr(model, 'is_top_down', False):
         return AbSLoss(base, var_weight=getattr(args, 'var_loss', 0.1))
     return PlainLoss(base)
+
+
+# ------------------------------------------------------------------------------------------------
+# Prior-conditioned training: the per-sample priors the model is called with.
+
+#: Where a class prior comes from in prior-conditioned training (``--prior-source``).
+PRIOR_SOURCES = ('classifier', 'table')
+
+
+def takes_prior(model: nn.Module) -> bool:
+    """Whether the model is steered by a prior: a top-down mode with a learned ``prompt`` (not Feedback,
+    not a plain backbone)."""
+    return getattr(misc.unwrap_model(model), 'prompt', None) is not None
+
+
+def attach_prior_table(model: nn.Module, num_classes: int) -> nn.Parameter:
+    """Give ``model`` a learned class-embedding table ``prior_table`` (num_classes, prior width), the class
+    priors of ``--prior-source table``: a parameter of the model, so the optimizer, EMA, DDP and checkpoints
+    hold it like any weight. Rows start as random directions, like the prompt."""
+    prompt = getattr(model, 'prompt', None)
+    if prompt is None:
+        raise ValueError(f'{type(model).__name__} takes no prior; a prior table needs a top-down mode with a prompt')
+    table = nn.Parameter(torch.randn(num_classes, prompt.shape[-1], device=prompt.device, dtype=prompt.dtype))
+    model.register_parameter('prior_table', table)
+    return table
+
+
+class BatchPriors:
+    """The per-sample prior vectors ``(B, C)`` of a batch of prior ids: class ``c >= 0`` gives class c's
+    prior (its classifier row, ``class_prototypes()``, or its row of the learned ``prior_table``), ``-1`` the
+    learned prompt. Built on the unwrapped model and evaluated outside the DDP forward; every row comes from
+    one ``torch.where`` over the whole batch, so the prompt and the class priors are in every step's graph
+    (DDP then always sees their gradients, zero or not)."""
+
+    def __init__(self, model: nn.Module, source: str = 'classifier'):
+        if source not in PRIOR_SOURCES:
+            raise ValueError(f'prior source must be one of {PRIOR_SOURCES}, got {source!r}')
+        self.model, self.source = misc.unwrap_model(model), source
+        if not takes_prior(self.model):
+            raise ValueError(f'{type(self.model).__name__} takes no prior')
+        if self.class_rows() is None:
+            raise ValueError('class priors need a linear classifier head (class_prototypes) or --prior-source table')
+
+    def class_rows(self) -> Optional[torch.Tensor]:
+        if self.source == 'table':
+            return getattr(self.model, 'prior_table', None)
+        return self.model.class_prototypes()
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.class_rows()
+        if ids.device.type == 'cpu' and ids.numel() and int(ids.max()) >= rows.shape[0]:  # no sync on devices
+            raise ValueError(f'prior class {int(ids.max())} out of range for {rows.shape[0]} classes')
+        chosen = rows[ids.clamp(min=0)]
+        prompt = self.model.prompt.to(chosen.dtype).expand_as(chosen)
+        return torch.where((ids >= 0)[:, None], chosen, prompt)

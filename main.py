@@ -55,7 +55,7 @@ import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -72,14 +72,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import datasets
 import engine
+import evaluation
 import losses
 import misc
 import models
-import multilabel_metrics
 import robustness
 import schedulers
-from errors import NonFiniteLossError, UserError, UserFacingError
-from options import parse_args, resolve_amp  # main.parse_args: the command line's settings
+from errors import NonFiniteLossError, UserError, run_cli
+from options import parse_args, resolve_amp, scaled_lr  # main.parse_args: the command line's settings
 from train_state import TrainState, gather_rng_states, load_model_weights
 
 _logger = logging.getLogger('absvit')
@@ -113,7 +113,7 @@ class Loop:
     n_params: int
     log_path: Optional[Path] = None
     tb_writer: Any = None
-    evaluator: Any = None       # another task's metrics (multi-label: mAP), None for top-1 classification
+    evaluator: Any = None       # the task's metrics (evaluation.EVALUATORS): what epochs are measured and ranked by
     best_epoch: int = -1        # the epoch of the best test metric so far (for --early-stop)
     batch_priors: Any = None    # prior ids -> prior vectors (prior-conditioned training), None otherwise
 
@@ -138,10 +138,7 @@ def setup_runtime(args) -> Runtime:
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     rt = Runtime(device, amp_dtype, Path(args.output_dir) if args.output_dir else None, world, misc.get_rank())
-    if args.resume == 'auto':
-        auto = rt.output_dir / 'checkpoint.pth' if rt.output_dir else None
-        args.resume = str(auto) if auto is not None and auto.is_file() else ''
-        _logger.info('--resume auto: ' + (f'resuming from {args.resume}' if args.resume else 'starting afresh'))
+    args.resume = misc.resolve_resume(args.resume, rt.output_dir)
     if rt.output_dir and rt.is_main:
         rt.output_dir.mkdir(parents=True, exist_ok=True)
     return rt
@@ -234,13 +231,13 @@ def composites_on(args) -> bool:
 def attach_priors(args, model: nn.Module, num_classes: int) -> None:
     """``--prior-source table``: the model gets its learned class-embedding table (also for --eval, so that
     such checkpoints load); a note when prior-conditioned training meets a model that takes no prior."""
-    if not engine.takes_prior(model):
+    if not losses.takes_prior(model):
         if composites_on(args):
             _logger.info(f'{args.model} takes no prior (td_mode {getattr(model, "td_mode", "none")}): composites train '
                          'it, their priors are ignored (a no-prior baseline)')
         return
     if args.prior_source == 'table':
-        engine.attach_prior_table(model, num_classes)
+        losses.attach_prior_table(model, num_classes)
         _logger.info(f'class priors: a learned table prior_table ({num_classes} x {model.prompt.shape[-1]})')
 
 
@@ -319,15 +316,17 @@ def _require_file(path: str, flag: str) -> None:
 
 
 def load_finetune(path: str, model: nn.Module) -> None:
+    """Start from other weights with the zoo's adapter (``models.checkpoint.load_pretrained``) at its
+    defaults: timm's resampling, a classifier of another shape dropped, whatever the file lacks newly
+    initialised; any key or shape that does not fit is an error."""
     _require_file(path, '--finetune')
-    sd, which = models.select_state_dict(models.load_checkpoint_file(path))
-    sd, report = models.adapt_state_dict(model, sd)
-    model.load_state_dict(sd, strict=False)
-    _logger.info(f"finetune: loaded '{which}' weights from {path}"
-                 + (f"; resampled {', '.join(report['resampled'])}" if report['resampled'] else '')
-                 + (f"; dropped classifier {', '.join(report['dropped_head'])}" if report['dropped_head'] else '')
-                 + (f"; newly initialised {len(report['missing'])} tensors: {', '.join(report['missing'][:6])}"
-                    + (' ...' if len(report['missing']) > 6 else '') if report['missing'] else ''))
+    report = models.checkpoint.load_pretrained(model, path)
+    dropped = [k for k, why in report.skipped.items() if why == models.checkpoint.RESHAPED_HEAD]
+    _logger.info(f"finetune: loaded '{report.which}' weights from {path}"
+                 + ('; resampled pos_embed' if report.resampled else '')
+                 + (f"; dropped classifier {', '.join(dropped)}" if dropped else '')
+                 + (f"; newly initialised {len(report.missing)} tensors: {', '.join(report.missing[:6])}"
+                    + (' ...' if len(report.missing) > 6 else '') if report.missing else ''))
 
 
 def wrap_model(args, model: nn.Module, device: torch.device) -> Tuple[nn.Module, Optional[ModelEmaV3]]:
@@ -356,23 +355,22 @@ def wrap_model(args, model: nn.Module, device: torch.device) -> Tuple[nn.Module,
     return net, model_ema
 
 
-def build_evaluator(args) -> Optional[multilabel_metrics.MultiLabelEvaluator]:
-    """The metrics of the dataset's task: None (top-1/top-5 in ``engine.evaluate``) or the multi-label evaluator."""
-    return multilabel_metrics.MultiLabelEvaluator() if datasets.dataset_task(args.data_set) == 'multilabel' else None
+def evaluator_class(args) -> Type[evaluation.Evaluator]:
+    """The evaluator of the dataset's task (``evaluation.EVALUATORS``): top-1 for classification, mAP for
+    multi-label data; its ``key`` is what the run's best epoch is chosen by."""
+    return evaluation.EVALUATORS[datasets.dataset_task(args.data_set)]
 
 
-def test_summary(stats: Dict[str, Any], evaluator=None) -> str:
-    if evaluator is not None:
-        return evaluator.summary(stats)
-    return f'acc@1 {stats["acc1"]:.2f} acc@5 {stats["acc5"]:.2f} loss {stats["loss"]:.4f} (n={stats["n"]})'
+def build_evaluator(args) -> evaluation.Evaluator:
+    return evaluator_class(args)()
 
 
-def write_task_report(rt: Runtime, evaluator, stats: Dict[str, Any], dataset) -> None:
-    """OUTPUT_DIR/report.md (and .json): the multi-label metrics with per-class AP of the last evaluation."""
-    if evaluator is None or not (rt.output_dir and rt.is_main):
-        return
-    base = getattr(dataset, 'dataset', dataset)  # through a Subset (--val-limit)
-    multilabel_metrics.write_report(str(rt.output_dir / 'report.md'), stats, getattr(base, 'classes', None))
+def write_task_report(rt: Runtime, evaluator: evaluation.Evaluator, stats: Dict[str, Any], dataset) -> None:
+    """The evaluator's report of the last evaluation in OUTPUT_DIR, on rank 0 (multi-label: report.md and
+    .json, with per-class AP; classification has none)."""
+    if rt.output_dir and rt.is_main:
+        base = getattr(dataset, 'dataset', dataset)  # through a Subset (--val-limit)
+        evaluator.write_report(rt.output_dir, stats, getattr(base, 'classes', None))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,12 +391,8 @@ def evaluate_only(args, rt: Runtime, net: nn.Module, model: nn.Module, loader_va
     _logger.info(f'evaluating the {which}')
     evaluator = build_evaluator(args)
     stats = engine.evaluate(loader_val, net, rt.device, rt.amp_dtype, progress=args.progress, evaluator=evaluator)
-    if evaluator is None:
-        _logger.info(f'* acc@1 {stats["acc1"]:.3f} acc@5 {stats["acc5"]:.3f} loss {stats["loss"]:.4f} '
-                     f'on {stats["n"]} images of {args.data_set}')
-    else:
-        _logger.info(f'* {test_summary(stats, evaluator)} on {args.data_set}')
-        write_task_report(rt, evaluator, stats, loader_val.dataset)
+    _logger.info(f'* {evaluator.result_line(stats, args.data_set)}')
+    write_task_report(rt, evaluator, stats, loader_val.dataset)
     if rt.output_dir and rt.is_main:
         misc.append_json_line(str(rt.output_dir / 'log.txt'),
                               {'mode': 'eval', 'weights': which, 'model': args.model, 'data_set': args.data_set,
@@ -428,7 +422,7 @@ def build_optimizer(args, model: nn.Module, rt: Runtime) -> Tuple[torch.optim.Op
     """timm's optimizer at ``--lr`` scaled to the global batch (``args.lr_effective``); returns it and
     whether it is the fused kernel."""
     global_batch = args.batch_size * rt.world
-    args.lr_effective = args.lr * global_batch / args.lr_base_size if args.lr_base_size > 0 else args.lr
+    args.lr_effective = scaled_lr(args, global_batch)
     opt_kwargs = {}
     if args.opt_eps is not None:
         opt_kwargs['eps'] = args.opt_eps
@@ -487,16 +481,18 @@ def build_training(args, rt: Runtime, model: nn.Module, model_ema: Optional[Mode
                  f'mixup {"on" if mixup_fn else "off"}, repeated aug {"on" if args.repeated_aug else "off"}'
                  + (f'; torch.compile ({args.compile_backend})' if args.compile else '')
                  + ('; grad checkpointing' if args.grad_checkpointing else ''))
-    state = TrainState(model, optimizer, lr_scheduler, loss_scaler=loss_scaler, model_ema=model_ema)
+    ranked_by = evaluator_class(args)
+    state = TrainState(model, optimizer, lr_scheduler, loss_scaler=loss_scaler, model_ema=model_ema,
+                       best_key=ranked_by.key, higher_is_better=ranked_by.higher_is_better)
     return state, criterion, mixup_fn
 
 
-def build_batch_priors(args, model: nn.Module) -> Optional[engine.BatchPriors]:
+def build_batch_priors(args, model: nn.Module) -> Optional[losses.BatchPriors]:
     """With composites, for a model that takes priors: what turns a batch's prior ids into prior vectors."""
-    if not (composites_on(args) and engine.takes_prior(model)):
+    if not (composites_on(args) and losses.takes_prior(model)):
         return None
     try:
-        return engine.BatchPriors(model, args.prior_source)
+        return losses.BatchPriors(model, args.prior_source)
     except ValueError as e:
         raise UserError(f'--prior-source {args.prior_source}: {e}') from None
 
@@ -544,12 +540,13 @@ def train_epoch(loop: Loop, epoch: int) -> Dict[str, float]:
     if hasattr(loop.loader_train.dataset, 'set_epoch'):  # composites: a new draw each epoch
         loop.loader_train.dataset.set_epoch(epoch)
     try:
+        step = engine.ClassificationStep(loop.net, loop.criterion, loop.rt.device, loop.mixup_fn, loop.batch_priors)
+        on_update = (lambda n: state.lr_scheduler.step_update(num_updates=n)) if args.sched_on_updates else None
         stats = engine.train_one_epoch(
-            loop.net, loop.criterion, loop.loader_train, state.optimizer, loop.rt.device, epoch,
-            num_epochs=args.epochs, lr_scheduler=state.lr_scheduler, sched_on_updates=args.sched_on_updates,
-            amp_dtype=loop.rt.amp_dtype, loss_scaler=state.loss_scaler, clip_grad=args.clip_grad,
-            model_ema=state.model_ema, mixup_fn=loop.mixup_fn, tb_writer=loop.tb_writer, log_every=args.log_every,
-            progress=args.progress, batch_priors=loop.batch_priors)
+            step, loop.loader_train, state.optimizer, loop.rt.device, epoch, num_epochs=args.epochs,
+            on_update=on_update, amp_dtype=loop.rt.amp_dtype, loss_scaler=state.loss_scaler,
+            clip_grad=args.clip_grad, model_ema=state.model_ema, tb_writer=loop.tb_writer,
+            log_every=args.log_every, progress=args.progress)
     except NonFiniteLossError as e:
         ck = loop.rt.output_dir / 'checkpoint.pth' if loop.rt.output_dir else None
         where = (f'the last good checkpoint, {ck} (epoch {epoch}), is intact' if ck and ck.exists()
@@ -577,20 +574,12 @@ def evaluate_epoch(loop: Loop, epoch: int) -> Dict[str, float]:
     return stats
 
 
-def best_metric(loop: Loop, test_stats: Dict[str, Any]) -> Dict[str, float]:
-    """What ``TrainState.update_best`` ranks epochs by (as its ``acc1``): test top-1, or the evaluator's key
-    (mAP), and then the better of the model and its EMA when both were evaluated, as the IDA release keeps."""
-    if not test_stats or loop.evaluator is None:
-        return test_stats
-    key = loop.evaluator.key
-    return {'acc1': max(test_stats[key], test_stats.get(f'ema_{key}', float('-inf')))}
-
-
 def checkpoint_epoch(loop: Loop, epoch: int, test_stats: Dict[str, float]) -> None:
-    """Record the finished epoch; write checkpoint.pth, and best_model.pth when test top-1 improved."""
+    """Record the finished epoch; write checkpoint.pth, and best_model.pth when the evaluator's score improved
+    on the best (test top-1, or mAP of the better of the model and its EMA: ``Evaluator.score``)."""
     state, rt = loop.state, loop.rt
     state.epoch = epoch
-    improved = state.update_best(best_metric(loop, test_stats))
+    improved = state.update_best(loop.evaluator.score(test_stats))
     if improved:
         loop.best_epoch = epoch
     rngs = gather_rng_states()  # collective: every rank takes part
@@ -604,7 +593,7 @@ def checkpoint_epoch(loop: Loop, epoch: int, test_stats: Dict[str, float]) -> No
 def log_epoch(loop: Loop, epoch: int, train_stats: Dict[str, float], test_stats: Dict[str, float],
               epoch_times: List[float]) -> None:
     """The epoch's line in log.txt and TensorBoard, and its summary (with the run's ETA) on the console."""
-    args, best = loop.args, loop.state.max_accuracy
+    args, best = loop.args, loop.state.best_metric
     record = {'epoch': epoch, **{f'train_{k}': v for k, v in train_stats.items()},
               **{f'test_{k}': v for k, v in test_stats.items()},
               'max_accuracy': best, 'n_parameters': loop.n_params, 'world_size': loop.rt.world,
@@ -612,7 +601,7 @@ def log_epoch(loop: Loop, epoch: int, train_stats: Dict[str, float], test_stats:
     eta = (args.epochs - epoch - 1) * sum(epoch_times) / len(epoch_times)
     _logger.info(f'epoch {epoch + 1}/{args.epochs}: train loss {train_stats["loss"]:.4f}, '
                  f'{train_stats["img_per_sec"]:.0f} img/s'
-                 + (f'; test {test_summary(test_stats, loop.evaluator)}' if test_stats else '')
+                 + (f'; test {loop.evaluator.summary(test_stats)}' if test_stats else '')
                  + f'; best {best:.2f}; {misc.format_seconds(epoch_times[-1])} per epoch, '
                    f'ETA {misc.format_seconds(eta)}')
     if not loop.rt.is_main:
@@ -635,7 +624,7 @@ def best_epoch_from_log(loop: Loop) -> int:
         return state.epoch
     with open(loop.log_path) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    best = [r['epoch'] for r in records if 'epoch' in r and r.get('max_accuracy') == state.max_accuracy]
+    best = [r['epoch'] for r in records if 'epoch' in r and r.get('max_accuracy') == state.best_metric]
     return best[0] if best else state.epoch
 
 
@@ -668,9 +657,8 @@ def train_loop(loop: Loop) -> Dict[str, Any]:
         if stop_early(loop, epoch):
             break
     total = time.time() - t0
-    key = loop.evaluator.key if loop.evaluator is not None else 'acc@1'
-    _logger.info(f'training time {misc.format_seconds(total)}; best {key} {state.max_accuracy:.2f}')
-    return {'test': test_stats, 'max_accuracy': state.max_accuracy, 'train_time': total}
+    _logger.info(f'training time {misc.format_seconds(total)}; best {loop.evaluator.label} {state.best_metric:.2f}')
+    return {'test': test_stats, 'max_accuracy': state.best_metric, 'train_time': total}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -695,28 +683,14 @@ def run(args) -> Dict[str, Any]:
             loop.tb_writer.close()
 
 
-def _clean_message(e: BaseException) -> str:
-    """The user-facing line of an error, also when a DataLoader worker re-raised it with a traceback."""
-    msg = str(e)
-    if 'Original Traceback' in msg:
-        last = [line for line in msg.strip().splitlines() if line.strip()][-1]
-        msg = last.split(': ', 1)[1] if ': ' in last and 'Error' in last.split(': ', 1)[0] else last
-    return msg
+def _run_command_line(argv=None) -> None:
+    run(parse_args(argv))
 
 
 def cli(argv=None) -> int:
-    """Command-line entry: errors the user can act on (``errors.UserFacingError``) are printed as one
-    message (exit status 1), without a traceback."""
-    try:
-        args = parse_args(argv)
-        run(args)
-        return 0
-    except UserFacingError as e:
-        rank = misc.get_rank()
-        print(f'error{f" (rank {rank})" if rank else ""}: {_clean_message(e)}', file=sys.stderr, flush=True)
-        return 1
-    finally:
-        misc.cleanup_distributed()
+    """Command-line entry (``errors.run_cli``): an error the user can act on is one line on stderr and
+    exit status 2, without a traceback."""
+    return run_cli(_run_command_line, argv, cleanup=misc.cleanup_distributed)
 
 
 if __name__ == '__main__':

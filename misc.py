@@ -34,6 +34,23 @@ def close_matches(name: str, choices: Iterable[str], n: int = 5) -> List[str]:
 # ------------------------------------------------------------------------------------------------
 # Distributed helpers (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
 
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside torch.compile and DDP wrappers (what checkpoints, EMA and priors read)."""
+    model = getattr(model, '_orig_mod', model)
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def resolve_resume(resume: str, output_dir) -> str:
+    """``--resume``'s file: ``auto`` is OUTPUT_DIR/checkpoint.pth when it exists (a preempted or
+    time-limited job restarted with the same command), else a fresh start (''). Shared by every trainer."""
+    if resume != 'auto':
+        return resume or ''
+    auto = os.path.join(str(output_dir), 'checkpoint.pth') if output_dir else None
+    found = str(auto) if auto is not None and os.path.isfile(auto) else ''
+    _logger.info('--resume auto: ' + (f'resuming from {found}' if found else 'starting afresh'))
+    return found
+
+
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 

@@ -6,6 +6,7 @@ Precedence of settings: command line > ``--config FILE.yaml`` > the recipe of ``
 sub-projects parse settings exactly as ``main.py`` does (``parse_args([...])``).
 """
 import argparse
+import logging
 import os
 from typing import Any, Dict, Optional
 
@@ -21,7 +22,9 @@ from datasets.recipes import RECIPE_KEYS, RECIPES
 from errors import UserError
 from misc import close_matches
 
-__all__ = ['AMP_DTYPES', 'get_args_parser', 'load_config', 'apply_recipe', 'parse_args', 'resolve_amp']
+_logger = logging.getLogger('absvit')
+
+__all__ = ['AMP_DTYPES', 'get_args_parser', 'load_config', 'apply_recipe', 'parse_args', 'resolve_amp', 'scaled_lr']
 
 #: ``--amp`` choices and their autocast dtypes.
 AMP_DTYPES: Dict[str, Optional[torch.dtype]] = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -234,8 +237,15 @@ def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------------------------
 # Config files and recipes.
 
+#: what ``main.py`` adds to the settings it records in OUTPUT/args.yaml (the process group, the scaled lr, the
+#: recipe's name): worked out again when that file is given back as ``--config``
+RUN_RECORD_KEYS = frozenset({'distributed', 'lr_effective', 'rank', 'recipe', 'world_size'})
+
+
 def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
-    """Read a YAML mapping of flag names (``batch_size`` or ``batch-size``) to values."""
+    """Read a YAML mapping of flag names (``batch_size`` or ``batch-size``) to values, each checked as the
+    command line would check it (choices, type; switches take true/false). Every entry point with a
+    ``--config`` reads its file through this."""
     if not os.path.isfile(path):
         raise UserError(f'config file not found: {path}')
     try:
@@ -250,22 +260,54 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
         for s in a.option_strings:
             actions.setdefault(s.lstrip('-').replace('-', '_'), a)
     out = {}
+    derived = sorted(k for k in cfg if k in RUN_RECORD_KEYS)
+    if derived:  # an args.yaml a run wrote: what it worked out for itself is worked out again
+        _logger.info(f'config file {path}: {", ".join(derived)} are what a run records, not settings: recomputed')
     for key, value in cfg.items():
+        if key in RUN_RECORD_KEYS:
+            continue
         a = actions.get(str(key).replace('-', '_'))
         if a is None or a.dest == argparse.SUPPRESS:
             near = close_matches(str(key).replace('-', '_'), actions)
             raise UserError(f"config file {path}: unknown key '{key}'"
                             + (f"; did you mean {', '.join(near)}?" if near else '')
-                            + ' (keys are flag names, see python main.py --help)')
-        if a.choices is not None and value is not None and value not in a.choices:
-            raise UserError(f"config file {path}: {key}: {value!r} is not one of {list(a.choices)}")
-        if isinstance(value, str) and a.type is not None and a.type is not str:
-            try:
-                value = a.type(value)
-            except (TypeError, ValueError) as e:
-                raise UserError(f'config file {path}: {key}: {e}') from None
-        out[a.dest] = value
+                            + f' (keys are flag names, see python {parser.prog} --help)')
+        out[a.dest] = _config_value(path, key, a, value)
     return out
+
+
+#: argparse actions that take no value: in a config file they are true or false
+_SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+
+
+def _config_value(path: str, key, action: argparse.Action, value):
+    """``value`` as the command line would give it for ``action``, or one error naming the key."""
+    where = f'config file {path}: {key}'
+    if value is None:
+        return value
+    if isinstance(action, _SWITCHES):
+        if not isinstance(value, bool):
+            raise UserError(f'{where}: {value!r} is not true or false')
+        return value
+    if action.nargs not in (None, '?', 0) and isinstance(value, (list, tuple)):  # a flag of several values
+        return [_one_value(where, action, v) for v in value]
+    return _one_value(where, action, value)
+
+
+def _one_value(where: str, action: argparse.Action, value):
+    if action.type in (int, float) and not isinstance(value, str):
+        exact = isinstance(value, (int, float)) and not isinstance(value, bool) and action.type(value) == value
+        if not exact:
+            raise UserError(f'{where}: {value!r} is not {"an integer" if action.type is int else "a number"}')
+        value = action.type(value)
+    if isinstance(value, str) and action.type is not None and action.type is not str:
+        try:
+            value = action.type(value)
+        except (TypeError, ValueError) as e:
+            raise UserError(f'{where}: {e}') from None
+    if action.choices is not None and value not in action.choices:
+        raise UserError(f'{where}: {value!r} is not one of {list(action.choices)}')
+    return value
 
 
 def apply_recipe(args) -> argparse.Namespace:
@@ -291,6 +333,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.set_defaults(**load_config(known.config, parser))
     args = parser.parse_args(argv)
     return apply_recipe(args)
+
+
+def scaled_lr(args, global_batch: int) -> float:
+    """The learning rate at ``global_batch``: ``--lr`` is given per ``--lr-base-size`` images (DeiT's linear
+    scaling rule), or used as it is when the base size is 0."""
+    return args.lr * global_batch / args.lr_base_size if args.lr_base_size > 0 else args.lr
 
 
 def resolve_amp(args, device: torch.device) -> Optional[torch.dtype]:

@@ -24,7 +24,7 @@ one-hot target). A composite carries one of three priors:
   multi-object case, as CutMix teaches it).
 
 Items are ``(image, soft target (num_classes,), prior class)``, the prior class being ``-1`` for the
-learned prompt; ``engine.BatchPriors`` turns the ids into the prior vectors the model is called with.
+learned prompt; ``losses.BatchPriors`` turns the ids into the prior vectors the model is called with.
 ``smoothing`` is label smoothing folded into every target. Every draw comes from a generator seeded by
 ``(seed, epoch, index)``: a sample is the same in every process and every run (DDP-safe), and
 ``set_epoch`` (called by main.py each epoch) gives a new draw per epoch. ``sample(index)`` also returns

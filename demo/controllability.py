@@ -50,29 +50,25 @@ from types import SimpleNamespace
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
 
-if __package__ in (None, ''):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import timm  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from timm.optim import create_optimizer_v2  # noqa: E402
-from timm.scheduler import create_scheduler_v2  # noqa: E402
-
-import datasets  # noqa: E402
-import engine  # noqa: E402
-import losses  # noqa: E402
-import models  # noqa: E402,F401
-import options  # noqa: E402  (main.py's parser and the dataset recipes, without the training script)
-from datasets import composites  # noqa: E402
-from datasets.fmnist import CLASSES, FashionMNIST  # noqa: E402
-from datasets.errors import DatasetError  # noqa: E402
-from demo.common import DemoError, default_depth, load_model, normalize_map  # noqa: E402
-from errors import run_cli  # noqa: E402
+import datasets
+import engine
+import losses
+import models  # noqa: F401
+import options  # main.py's parser and the dataset recipes, without the training script
+from datasets import composites
+from datasets.fmnist import CLASSES, FashionMNIST
+from datasets.errors import DatasetError
+from demo.common import DemoError, default_depth, load_model, normalize_map
+from errors import run_cli
 
 MODEL = 'absvit_micro_patch4_28_gap'
 CANVAS = (28, 56)
@@ -188,7 +184,7 @@ def train_model(td_mode: str, images: torch.Tensor, labels: torch.Tensor, epochs
     if len(loader) == 0:
         raise DemoError(f'{len(labels)} training images make no batch of {batch_size}')
     if lr is None:
-        lr = args.lr * batch_size / args.lr_base_size if args.lr_base_size > 0 else args.lr
+        lr = options.scaled_lr(args, batch_size)
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay)
     scheduler, _ = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=epochs, min_lr=args.min_lr,
                                        warmup_lr=args.warmup_lr, warmup_epochs=epochs / 6, step_on_epochs=False,
@@ -196,9 +192,9 @@ def train_model(td_mode: str, images: torch.Tensor, labels: torch.Tensor, epochs
     criterion = losses.build_criterion(args, model, mixup_active=True)  # soft targets: SoftTargetCrossEntropy
     t0, stats = time.time(), {}
     for epoch in range(epochs):
-        stats = engine.train_one_epoch(model, criterion, loader, optimizer, torch.device('cpu'), epoch,
-                                       num_epochs=epochs, lr_scheduler=scheduler, sched_on_updates=True,
-                                       progress=False)
+        stats = engine.train_one_epoch(engine.ClassificationStep(model, criterion, torch.device('cpu')), loader,
+                                       optimizer, torch.device('cpu'), epoch, num_epochs=epochs, progress=False,
+                                       on_update=lambda n: scheduler.step_update(num_updates=n))
         if log:
             log(f'  {td_mode}: epoch {epoch + 1}/{epochs}: loss {stats["loss"]:.3f} ({time.time() - t0:.0f} s)')
     info = {'td_mode': td_mode, 'criterion': repr(criterion), 'epochs': epochs, 'steps': epochs * len(loader),
@@ -406,7 +402,7 @@ def load_run(path: str):
     kwargs.update(args.get('model_kwargs') or {})  # main.py --model-kwargs (patch size, depth, ...)
     model = timm.create_model(args['model'], **kwargs)
     if 'prior_table' in sd:
-        engine.attach_prior_table(model, sd['prior_table'].shape[0])
+        losses.attach_prior_table(model, sd['prior_table'].shape[0])
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
@@ -475,7 +471,7 @@ class Steered:
         self.top_down = hasattr(model, 'inspect')
         n_blocks = model.num_td_blocks() if self.top_down else len(model.blocks)
         self.depth = max(1, round(0.75 * n_blocks)) if depth is None else depth
-        self.priors = engine.BatchPriors(model, source) if engine.takes_prior(model) else None
+        self.priors = losses.BatchPriors(model, source) if losses.takes_prior(model) else None
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, classes: Optional[torch.Tensor] = None, alpha: Optional[float] = None,

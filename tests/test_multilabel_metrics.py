@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from multilabel_metrics import MultiLabelEvaluator, average_precision, mean_average_precision, threshold_scores, \
-    write_report
+from evaluation import MultiLabelEvaluator, average_precision, mean_average_precision, threshold_scores, \
+    write_multilabel_report
 
 
 def test_ap_by_hand_interpolated_differs_from_plain():
@@ -68,7 +68,7 @@ def test_evaluator_and_report(tmp_path):
     assert stats['n'] == 3 and stats['mAP'] == 100.0 and stats['ap'] == [100.0, 100.0]
     expected_loss = torch.nn.MultiLabelSoftMarginLoss(reduction='sum')(logits, targets).item() / 3
     assert stats['loss'] == pytest.approx(expected_loss)
-    write_report(str(tmp_path / 'report.md'), stats, ['a', 'b'])
+    write_multilabel_report(str(tmp_path / 'report.md'), stats, ['a', 'b'])
     text = (tmp_path / 'report.md').read_text()
     assert 'mAP 100.00' in text and '| b | 100.00 | 100.00 |' in text
     assert json.loads((tmp_path / 'report.md.json').read_text())['classes'] == ['a', 'b']

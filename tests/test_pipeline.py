@@ -2,12 +2,14 @@
 release-format checkpoints, --finetune, and every failure behaviour of the pipeline."""
 import argparse
 import os
+import re
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torch.nn as nn
+import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 import engine
@@ -23,6 +25,7 @@ from test_pipeline_helpers import QUICK, make_folder_dataset, needs_fmnist, read
 ZOO = sorted(n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith('models.')
              and not (n.startswith('ida_') and not n.endswith(('_test_resnet', '_absvit_micro_patch8_64'))))
 
+CPU = torch.device('cpu')
 
 def cli(*argv):
     return main.cli([str(a) for a in argv])
@@ -108,6 +111,25 @@ def test_recipes_config_file_and_command_line_precedence(tmp_path):
         main.parse_args(['--config', str(cfg)])
     with pytest.raises(UserError, match='not found'):
         main.parse_args(['--config', str(tmp_path / 'nope.yaml')])
+    # values are checked as the command line checks them
+    for text, why in [('epochs: 1.5', 'epochs: 1.5 is not an integer'),
+                      ('model_ema: "no"', "model_ema: 'no' is not true or false"),
+                      ('batch_size: true', 'batch_size: True is not an integer'),
+                      ('mean: [0.5, x]', "could not convert string to float: 'x'")]:
+        cfg.write_text(text + '\n')
+        with pytest.raises(UserError, match=re.escape(why)):
+            main.parse_args(['--config', str(cfg)])
+
+
+@needs_fmnist
+def test_a_runs_args_yaml_is_a_config_that_repeats_it(tmp_path):
+    """OUTPUT/args.yaml (with what the run worked out: rank, world size, scaled lr, recipe) is a --config."""
+    out = tmp_path / 'run'
+    assert cli('--model', 'vit_micro_patch4_28_gap', *QUICK, '--output_dir', out) == 0
+    again = main.parse_args(['--config', str(out / 'args.yaml')])
+    first = yaml.safe_load((out / 'args.yaml').read_text())
+    for key in ('model', 'epochs', 'train_limit', 'batch_size', 'lr', 'seed', 'mixup', 'smoothing'):
+        assert getattr(again, key) == first[key], key
 
 
 def test_model_kwargs_reach_the_model_from_the_command_line_and_a_config(tmp_path):
@@ -384,8 +406,8 @@ def test_train_epoch_reads_losses_back_only_every_check_every_steps():
     for every in (1, 5):
         model, criterion, loader, optimizer = _tiny_training()
         with _HostReads() as mode:
-            stats[every] = engine.train_one_epoch(model, criterion, loader, optimizer, torch.device('cpu'), 0,
-                                                  check_every=every, progress=False)
+            stats[every] = engine.train_one_epoch(engine.ClassificationStep(model, criterion, CPU), loader, optimizer,
+                                                  CPU, 0, check_every=every, progress=False)
         checks = -(-len(loader) // every)  # every ``every`` steps and after the last one
         # one scalar read (the first-bad-step index, the sync point) per check and none in between
         assert mode.reads == checks, (every, mode.reads)
@@ -405,13 +427,31 @@ def test_train_epoch_reads_losses_back_only_every_check_every_steps():
 def test_nonfinite_loss_found_at_the_next_check_names_the_first_bad_step():
     model, criterion, loader, optimizer = _tiny_training(poison_at=6)  # the 7th step is bad
     with pytest.raises(engine.misc.NonFiniteLossError, match=r'loss is nan at epoch 1, step 7/12'):
-        engine.train_one_epoch(model, criterion, loader, optimizer, torch.device('cpu'), 0, check_every=5,
-                               progress=False)
+        engine.train_one_epoch(engine.ClassificationStep(model, criterion, CPU), loader, optimizer, CPU, 0,
+                               check_every=5, progress=False)
     # check_every=1 (CPU's default) stops before the bad step touches the weights
     model, criterion, loader, optimizer = _tiny_training(poison_at=6)
     with pytest.raises(engine.misc.NonFiniteLossError, match='step 7/12'):
-        engine.train_one_epoch(model, criterion, loader, optimizer, torch.device('cpu'), 0, progress=False)
+        engine.train_one_epoch(engine.ClassificationStep(model, criterion, CPU), loader, optimizer, CPU, 0,
+                               progress=False)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_accumulated_steps_update_as_one_step_on_the_whole_batch():
+    """accum_steps=2 over batches of 4 gives the update of one step on the batches of 8 they make (the mean
+    loss's gradient), and on_update counts updates, not steps."""
+    model, criterion, loader, optimizer = _tiny_training()
+    updates = []
+    engine.train_one_epoch(engine.ClassificationStep(model, criterion, CPU), loader, optimizer, CPU, 1,
+                           accum_steps=2, on_update=updates.append, progress=False)
+    assert updates == [7, 8, 9, 10, 11, 12]  # epoch 1 of 6 updates per epoch
+    whole, criterion, _, optimizer = _tiny_training()
+    for (xa, ya), (xb, yb) in zip(loader[::2], loader[1::2]):
+        optimizer.zero_grad()
+        criterion(whole(torch.cat([xa, xb])), torch.cat([ya, yb])).backward()
+        optimizer.step()
+    for (name, p), q in zip(model.named_parameters(), whole.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_busy_fraction_from_proc_stat_lines():
@@ -424,4 +464,4 @@ def test_busy_fraction_from_proc_stat_lines():
 
 def test_unwrap_reaches_the_model_inside_torch_compile():
     model = nn.Linear(2, 2)
-    assert engine._unwrap(torch.compile(model)) is model and engine._unwrap(model) is model
+    assert engine.unwrap_model(torch.compile(model)) is model and engine.unwrap_model(model) is model

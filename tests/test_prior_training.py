@@ -128,8 +128,8 @@ def test_compose_geometry_on_an_odd_size():
 def test_batch_priors_are_class_rows_or_the_prompt_and_all_get_gradients(source):
     model = timm.create_model(MICRO, img_size=32)
     if source == 'table':
-        engine.attach_prior_table(model, 10)
-    priors = engine.BatchPriors(model, source)
+        losses.attach_prior_table(model, 10)
+    priors = losses.BatchPriors(model, source)
     rows = model.prior_table if source == 'table' else model.head.weight
     ids = torch.tensor([3, -1, 0, 3])
     p = priors(ids)
@@ -143,12 +143,12 @@ def test_batch_priors_are_class_rows_or_the_prompt_and_all_get_gradients(source)
 
 
 def test_only_models_with_a_prompt_take_priors():
-    assert engine.takes_prior(timm.create_model(MICRO, td_mode='perceiver'))
-    assert engine.takes_prior(timm.create_model('absdat_tiny', img_size=64, num_classes=4))
+    assert losses.takes_prior(timm.create_model(MICRO, td_mode='perceiver'))
+    assert losses.takes_prior(timm.create_model('absdat_tiny', img_size=64, num_classes=4))
     for m in (timm.create_model(MICRO, td_mode='feedback'), timm.create_model('vit_micro_patch4_28_gap')):
-        assert not engine.takes_prior(m)
+        assert not losses.takes_prior(m)
         with pytest.raises(ValueError, match='takes no prior'):
-            engine.BatchPriors(m)
+            losses.BatchPriors(m)
 
 
 def test_every_mode_trains_a_step_with_per_sample_priors():
@@ -160,10 +160,10 @@ def test_every_mode_trains_a_step_with_per_sample_priors():
         loader = torch.utils.data.DataLoader(ds, batch_size=8)
         crit = losses.build_criterion(argparse.Namespace(var_loss=0.1), model, mixup_active=True, composites=True)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        bp = engine.BatchPriors(model) if engine.takes_prior(model) else None
+        bp = losses.BatchPriors(model) if losses.takes_prior(model) else None
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        stats = engine.train_one_epoch(model, crit, loader, opt, torch.device('cpu'), 0, progress=False,
-                                       batch_priors=bp)
+        step = engine.ClassificationStep(model, crit, torch.device('cpu'), batch_priors=bp)
+        stats = engine.train_one_epoch(step, loader, opt, torch.device('cpu'), 0, progress=False)
         assert np.isfinite(stats['loss'])
         if bp is not None:
             assert not torch.equal(before['prompt'], model.prompt), name  # the prompt rows of the batch trained
@@ -212,8 +212,9 @@ def test_the_engine_hands_the_batch_prior_ids_to_the_criterion():
     seen, forward = [], crit.forward
     crit.forward = lambda out, t, ids=None: (seen.append(ids), forward(out, t, ids))[1]
     loader = torch.utils.data.DataLoader(ds, batch_size=8)
-    engine.train_one_epoch(model, crit, loader, torch.optim.SGD(model.parameters(), lr=0.1), torch.device('cpu'), 0,
-                           progress=False, batch_priors=engine.BatchPriors(model))
+    step = engine.ClassificationStep(model, crit, torch.device('cpu'), batch_priors=losses.BatchPriors(model))
+    engine.train_one_epoch(step, loader, torch.optim.SGD(model.parameters(), lr=0.1), torch.device('cpu'), 0,
+                           progress=False)
     assert len(seen) == 2 and torch.equal(torch.cat(seen), torch.stack([ds[i][2] for i in range(16)]))
 
 

@@ -1,6 +1,7 @@
 """train_state.TrainState: the checkpoint layout, exact restore of every part (RNG included), atomic
-writes, weights-only files, and a checkpoint in the layout main.py wrote before TrainState existed
-resuming bit-exactly through main.py."""
+writes, weights-only files, the best metric under its evaluator's key (older files' bare max_accuracy
+still read), and a checkpoint in the layout main.py wrote before TrainState existed resuming bit-exactly
+through main.py."""
 import argparse
 import os
 import random
@@ -16,20 +17,21 @@ import main
 import misc
 import train_state
 from test_pipeline_helpers import needs_fmnist, read_log
-from train_state import BEST_KEYS, CHECKPOINT_KEYS, TrainState
+from train_state import BEST_KEYS, CHECKPOINT_KEYS, LEGACY_BEST_KEY, TrainState
 
 #: The keys main.py wrote by hand before TrainState (scaler only with fp16 AMP, model_ema only with an EMA).
 OLD_LAYOUT = ('model', 'optimizer', 'lr_scheduler', 'epoch', 'max_accuracy', 'args', 'rng', 'model_ema', 'scaler')
 
 
-def _state(seed=0, with_scaler=True):
+def _state(seed=0, with_scaler=True, **best):
     torch.manual_seed(seed)
     model = timm.create_model('vit_micro_patch4_28_gap', num_classes=3, embed_dim=16, depth=1, num_heads=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler, _ = create_scheduler_v2(optimizer, sched='cosine', num_epochs=4, warmup_epochs=1, warmup_lr=1e-4,
                                        step_on_epochs=False, updates_per_epoch=3)
     scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 10) if with_scaler else None
-    return TrainState(model, optimizer, scheduler, loss_scaler=scaler, model_ema=ModelEmaV3(model, decay=0.5))
+    return TrainState(model, optimizer, scheduler, loss_scaler=scaler, model_ema=ModelEmaV3(model, decay=0.5),
+                      **best)
 
 
 def _train_steps(state, n=3):
@@ -63,7 +65,7 @@ def _assert_tensors_equal(a, b):
 def test_save_then_resume_restores_every_part_exactly(tmp_path):
     src = _state(seed=0)
     _train_steps(src)
-    src.epoch, src.max_accuracy = 2, 71.5
+    src.epoch, src.best_metric = 2, 71.5
     args = argparse.Namespace(model='vit_micro_patch4_28_gap', lr=1e-2, betas=(0.9, 0.99), output_dir=tmp_path)
     path = str(tmp_path / 'checkpoint.pth')
     written = src.save(path, args, train_state.gather_rng_states())
@@ -71,7 +73,7 @@ def test_save_then_resume_restores_every_part_exactly(tmp_path):
 
     dst = _state(seed=1)  # other initial weights: everything must come from the file
     assert dst.resume(path) is True
-    assert (dst.epoch, dst.start_epoch, dst.max_accuracy) == (2, 3, 71.5)
+    assert (dst.epoch, dst.start_epoch, dst.best_metric) == (2, 3, 71.5)
     for part in ('model', 'optimizer', 'lr_scheduler'):
         _assert_tensors_equal(getattr(src, part).state_dict(), getattr(dst, part).state_dict())
     _assert_tensors_equal(src.model_ema.module.state_dict(), dst.model_ema.module.state_dict())
@@ -84,17 +86,54 @@ def test_save_then_resume_restores_every_part_exactly(tmp_path):
 
     on_disk = torch.load(path, weights_only=True)  # plain data only: loads without any allow-listed class
     assert tuple(on_disk) == CHECKPOINT_KEYS and on_disk['args']['betas'] == [0.9, 0.99]
+    assert on_disk['best_metric'] == {'key': 'acc1', 'value': 71.5}
     assert on_disk['args']['output_dir'] == str(tmp_path)
     src.save_best(str(tmp_path / 'best.pth'), written)
     best = torch.load(tmp_path / 'best.pth', weights_only=True)
-    assert set(best) == set(BEST_KEYS) | {'test_acc1'} and best['test_acc1'] == 71.5
+    assert set(best) == set(BEST_KEYS) | {'best_metric'} and best['best_metric'] == {'key': 'acc1', 'value': 71.5}
 
 
-def test_update_best_only_on_a_higher_top1():
+def test_update_best_only_on_a_better_value():
     state = _state(with_scaler=False)
-    assert state.update_best({'acc1': 10.0}) and state.max_accuracy == 10.0
-    assert not state.update_best({'acc1': 10.0}) and not state.update_best({})  # equal, or no evaluation
-    assert state.update_best({'acc1': 12.5}) and state.max_accuracy == 12.5
+    assert state.best_metric == 0.0 and not state.update_best(0.0)  # a first evaluation at 0 is no best
+    assert state.update_best(10.0) and state.best_metric == 10.0
+    assert not state.update_best(10.0) and not state.update_best(None)  # equal, or no evaluation
+    assert state.update_best(12.5) and state.best_metric == 12.5
+    lower = _state(with_scaler=False, best_key='loss', higher_is_better=False)
+    assert lower.update_best(3.0) and not lower.update_best(3.5) and lower.update_best(2.0)
+    assert lower.best_record() == {'key': 'loss', 'value': 2.0}
+
+
+def _saved(tmp_path, **best):
+    src = _state(seed=0, with_scaler=False, **best)
+    src.update_best(40.0)
+    path = str(tmp_path / 'ck.pth')
+    return src.save(path, argparse.Namespace(), train_state.gather_rng_states()), path
+
+
+def test_checkpoint_of_an_older_version_gives_its_bare_best_to_the_runs_metric(tmp_path):
+    """Files from before the best was named hold ``max_accuracy`` (top-1, or mAP for a multi-label run)."""
+    new, path = _saved(tmp_path, best_key='mAP')
+    old = {(LEGACY_BEST_KEY if k == 'best_metric' else k): (v['value'] if k == 'best_metric' else v)
+           for k, v in new.items()}
+    torch.save(old, path)
+    dst = _state(seed=1, with_scaler=False, best_key='mAP')
+    assert dst.resume(path) and (dst.best_key, dst.best_metric) == ('mAP', 40.0)
+    del old[LEGACY_BEST_KEY]
+    torch.save(old, path)
+    bare = _state(seed=1, with_scaler=False)  # a file without any best: nothing to beat yet
+    assert bare.resume(path) and bare.best_metric == 0.0
+
+
+def test_checkpoint_ranked_by_another_metric_restarts_the_best(tmp_path, caplog):
+    _, path = _saved(tmp_path, best_key='acc1')
+    same = _state(seed=1, with_scaler=False)
+    same.resume(path)
+    assert same.best_metric == 40.0 and 'restarts' not in caplog.text
+    other = _state(seed=1, with_scaler=False, best_key='mAP')
+    other.resume(path)
+    assert other.best_metric == 0.0 and 'ranked epochs by acc1, this run by mAP' in caplog.text
+    assert other.update_best(1.0)
 
 
 def test_weights_only_file_loads_weights_and_no_training_state(tmp_path):
@@ -162,6 +201,7 @@ def test_checkpoint_in_the_old_layout_resumes_bit_exactly(tmp_path, monkeypatch)
     monkeypatch.undo()
 
     new = torch.load(stopped / 'checkpoint.pth', weights_only=True)
+    new[LEGACY_BEST_KEY] = new['best_metric']['value']  # the old code's bare best top-1
     old = {k: new[k] for k in OLD_LAYOUT if k in new}  # the old code's dict, in its order
     assert tuple(old) == ('model', 'optimizer', 'lr_scheduler', 'epoch', 'max_accuracy', 'args', 'rng', 'model_ema')
     os.remove(stopped / 'checkpoint.pth')
@@ -170,7 +210,8 @@ def test_checkpoint_in_the_old_layout_resumes_bit_exactly(tmp_path, monkeypatch)
 
     a = torch.load(alone / 'checkpoint.pth', weights_only=True)
     b = torch.load(stopped / 'checkpoint.pth', weights_only=True)
-    assert a['epoch'] == b['epoch'] == 1 and a['max_accuracy'] == b['max_accuracy']
+    assert a['epoch'] == b['epoch'] == 1 and a['best_metric'] == b['best_metric']
+    assert a['best_metric']['key'] == 'acc1'
     for key in ('model', 'model_ema', 'optimizer', 'lr_scheduler'):
         _assert_tensors_equal(a[key], b[key])
     la, lb = read_log(alone), read_log(stopped)

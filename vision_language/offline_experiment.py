@@ -132,7 +132,7 @@ def evaluate_offline(model: VLModel, data: OfflineData, batch_size: int = 256, l
         what.append(answers < len(NAMES))
         b = {}
         if model.top_down:
-            b.update(mask_statistics(out.image.mask, model.image_encoder.vit.num_prefix_tokens, cells[regions]))
+            b.update(mask_statistics(out.image.mask, model.image_encoder.num_prefix_tokens, cells[regions]))
             other = _swap_prior(model, hidden, ids, mask, regions)
             swapped = model.vqa_head(model(images, ids, mask, text_hidden=hidden, prior=other).cls_feats).argmax(1)
             b.update(swap_statistics(pred, swapped, answers))

@@ -1,16 +1,21 @@
 """VQAv2 and Flickr30K as training tasks: their datasets, loss modules (what DDP wraps: the whole
-step, so the heads' gradients are synchronised too) and evaluations with steering diagnostics."""
+step, so the heads' gradients are synchronised too) and evaluations with steering diagnostics.
+
+Each task's figures go through its ``evaluator`` (``evaluation.Evaluator``, the interface of main.py's
+tasks too): ``VQAEvaluator`` (VQA score) and ``RetrievalEvaluator`` (recall, ranked by ``rsum``). Its ``key``
+is what ``train.py`` keeps the best of, in ``TrainState``."""
 import json
 import logging
 import os
 import time
-from typing import Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 import misc
 from engine import autocast
+from evaluation import Evaluator
 from vision_language.data import FlickrImages, FlickrTrainDataset, VQADataset, image_transform
 from vision_language.model import VLModel, text_prior
 from vision_language.objectives import itm_loss, rank_loss, total_loss, vqa_loss
@@ -18,7 +23,7 @@ from vision_language.retrieval import read_flickr30k, recall_at_k, score_matrix
 from vision_language.steering import mask_statistics, swap_statistics
 from vision_language.vqa import answer_vocabulary, read_vqa, vqa_score, write_results
 
-__all__ = ['TASK_HEAD_MULT', 'build_task', 'VQATask', 'FlickrTask']
+__all__ = ['TASK_HEAD_MULT', 'build_task', 'VQATask', 'FlickrTask', 'VQAEvaluator', 'RetrievalEvaluator']
 
 _logger = logging.getLogger('absvit')
 TASK_HEAD_MULT = {'vqa': 50.0, 'flickr': 5.0}  # METER's lr multiplier of the task heads
@@ -27,7 +32,7 @@ TASK_HEAD_MULT = {'vqa': 50.0, 'flickr': 5.0}  # METER's lr multiplier of the ta
 def _mask_terms(model: VLModel, out) -> Dict[str, torch.Tensor]:
     if out.image.mask is None:
         return {}
-    m = out.image.mask[:, model.image_encoder.vit.num_prefix_tokens:].detach()
+    m = out.image.mask[:, model.image_encoder.num_prefix_tokens:].detach()
     return {'mask_positive': (m > 0).float().mean(), 'mask_mean': m.mean()}
 
 
@@ -67,8 +72,69 @@ class FlickrLoss(nn.Module):
         return loss + itm, {**terms, 'itm': itm.detach(), **_mask_terms(m, out)}
 
 
+class VQAEvaluator(Evaluator):
+    """The VQA score (%, what ranks epochs) and the steering diagnostics of ``VQATask._eval_batch``.
+
+    ``update(outputs, targets)``: the batch's statistics (each a mean over its questions; the diagnostics
+    only on batches that have them) and its answer targets (one row per question). Each statistic is the
+    mean over the questions it covers: sums of batch mean x batch size, kept on the host and summed over the
+    processes by ``compute``. A split without answers (test-dev) has no VQA score, only diagnostics.
+    """
+    key, label = 'vqa_score', 'VQA score'
+    #: What ``_eval_batch`` may report (the steering diagnostics only for AbSViT, on batches of two or more).
+    STATS = ('vqa_score', 'mask_positive', 'mask_mean', 'swap_answer_change', 'swap_score_drop')
+
+    def __init__(self, has_answers: bool = True):
+        self.has_answers = has_answers
+        self.reset()
+
+    def reset(self, device: Optional[torch.device] = None) -> None:
+        self._device = torch.device('cpu') if device is None else device  # where the sums are all-reduced
+        self._sums = torch.zeros(2, len(self.STATS), dtype=torch.float64)  # per statistic: sum, questions
+
+    def update(self, outputs: Dict[str, float], targets: torch.Tensor) -> None:
+        n = targets.shape[0]
+        for k, v in outputs.items():
+            i = self.STATS.index(k)
+            self._sums[0, i] += v * n
+            self._sums[1, i] += n
+
+    def compute(self) -> Dict[str, Any]:
+        sums = misc.all_reduce_sum(self._sums.to(self._device)).cpu()
+        out = {k: sums[0, i].item() / sums[1, i].item() for i, k in enumerate(self.STATS)
+               if sums[1, i] > 0 and (self.has_answers or k != 'vqa_score')}
+        if 'vqa_score' in out:
+            out['vqa_score'] *= 100.0
+        out['n'] = int(sums[1, 0].item())
+        return out
+
+
+class RetrievalEvaluator(Evaluator):
+    """TR@K / IR@K (%, K = 1, 5, 10) and their sum ``rsum`` (what ranks epochs) from image-caption scores.
+
+    ``update(outputs, targets)``: scores of every image against a block of captions (images x captions; under
+    DDP ``score_matrix`` has already summed every process's rows) and the image of each of those captions.
+    """
+    key, label = 'rsum', 'R-sum'
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self, device: Optional[torch.device] = None) -> None:
+        self._scores: List[torch.Tensor] = []
+        self._owners: List[int] = []
+
+    def update(self, outputs: torch.Tensor, targets: Sequence[int]) -> None:
+        self._scores.append(outputs.cpu())
+        self._owners.extend(targets)
+
+    def compute(self) -> Dict[str, Any]:
+        r = recall_at_k(torch.cat(self._scores, 1), self._owners)
+        r['rsum'] = sum(r.values())
+        return r
+
+
 class VQATask:
-    metric = 'vqa_score'
     has_eval = True
 
     def __init__(self, args):
@@ -78,6 +144,9 @@ class VQATask:
         self.answers = list(self.vocab)
         self.num_answers = len(self.vocab)
         self.eval_items = read_vqa(args.data_root, args.eval_split) if args.eval_split else []
+        if args.eval_limit:
+            self.eval_items = self.eval_items[:args.eval_limit]
+        self.evaluator = VQAEvaluator(has_answers=any(it.answers for it in self.eval_items))
         if misc.is_main_process():
             os.makedirs(args.output_dir, exist_ok=True)
             with open(os.path.join(args.output_dir, 'answers.json'), 'w') as f:
@@ -96,9 +165,6 @@ class VQATask:
     def loss_module(self, model, args):
         return VQALoss(model, args.var_weight, args.prior_weight)
 
-    #: What ``_eval_batch`` may report (the steering diagnostics only for AbSViT, on batches of two or more).
-    EVAL_STATS = ('vqa_score', 'mask_positive', 'mask_mean', 'swap_answer_change', 'swap_score_drop')
-
     @torch.no_grad()
     def evaluate(self, model: VLModel, args, device, amp_dtype, collate) -> Dict[str, float]:
         """VQA score on a split with answers (and the diagnostics); answers JSON for a test split.
@@ -111,23 +177,19 @@ class VQATask:
         if not self.eval_items:
             return {}
         from vision_language.train import make_loader
-        items = self.eval_items[:args.eval_limit] if args.eval_limit else self.eval_items
+        items = self.eval_items
         loader = make_loader(VQADataset(items, self.vocab, image_transform(args.image_size, False)), args, False, 0,
                              collate)
         model.eval()
-        # per statistic: the sum over questions of its batch means x batch sizes, and the questions it covers
-        sums = torch.zeros(2, len(self.EVAL_STATS), dtype=torch.float64)
+        self.evaluator.reset(device)
         qids: List[int] = []
         preds: List[str] = []
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, amp_dtype):
-                for k, v in self._eval_batch(model, batch, qids, preds).items():
-                    i = self.EVAL_STATS.index(k)
-                    sums[0, i] += v * batch['images'].shape[0]
-                    sums[1, i] += batch['images'].shape[0]
+                self.evaluator.update(self._eval_batch(model, batch, qids, preds), batch['targets'])
         model.train()
-        sums = misc.all_reduce_sum(sums.to(device)).cpu()
+        out = self.evaluator.compute()
         per_rank = torch.zeros(misc.get_world_size(), dtype=torch.long)
         per_rank[misc.get_rank()] = len(qids)
         per_rank = misc.all_reduce_sum(per_rank.to(device)).tolist()
@@ -138,12 +200,6 @@ class VQATask:
             if misc.is_main_process():
                 qids, preds = _merge_shards(shards, [it.question_id for it in items])
                 write_results(args.results_json, qids, preds)
-        has_answers = any(it.answers for it in items)
-        out = {k: sums[0, i].item() / sums[1, i].item() for i, k in enumerate(self.EVAL_STATS)
-               if sums[1, i] > 0 and (has_answers or k != 'vqa_score')}
-        if 'vqa_score' in out:
-            out['vqa_score'] *= 100.0
-        out['n'] = int(sums[1, 0].item())
         return out
 
     def _eval_batch(self, model: VLModel, batch, qids, preds) -> Dict[str, float]:
@@ -155,7 +211,7 @@ class VQATask:
         preds.extend(self.answers[i] for i in pred.tolist())
         stats = {'vqa_score': vqa_score(logits, batch['targets']).item() / len(pred)}
         if model.top_down and len(pred) > 1:
-            stats.update(mask_statistics(out.image.mask, model.image_encoder.vit.num_prefix_tokens))
+            stats.update(mask_statistics(out.image.mask, model.image_encoder.num_prefix_tokens))
             hidden = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             other = text_prior(hidden, mask, model.cfg.prior_mode, 'vqa').roll(1, 0)
             swapped = model.vqa_head(model(batch['images'], ids, mask, 'vqa', prior=other).cls_feats).argmax(1)
@@ -165,12 +221,12 @@ class VQATask:
 
 
 class FlickrTask:
-    metric = 'rsum'
     has_eval = True
     num_answers = 1  # no VQA head is trained; a one-answer head keeps the model's layout
 
     def __init__(self, args):
         self.args = args
+        self.evaluator = RetrievalEvaluator()
         self.train_data = read_flickr30k(args.data_root, 'train')
         self.eval_data = read_flickr30k(args.data_root, args.eval_split or 'test')
 
@@ -205,8 +261,9 @@ class FlickrTask:
                               texts['attention_mask'].to(device), args.eval_chunk)
         seconds = time.time() - start
         model.train()
-        r = recall_at_k(scores.cpu(), [data.text_to_image[j] for j in keep])
-        r['rsum'] = sum(r.values())
+        self.evaluator.reset(device)
+        self.evaluator.update(scores, [data.text_to_image[j] for j in keep])
+        r = self.evaluator.compute()
         r['eval_seconds_per_1k_x_5k'] = seconds * 5e6 / max(1, n_img * len(keep))
         return r
 

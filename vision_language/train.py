@@ -13,19 +13,17 @@ import logging
 import math
 import os
 import time
-from contextlib import nullcontext
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-from tqdm import tqdm
 
 import misc
-from engine import autocast
-from errors import NonFiniteLossError, UserError, run_cli
+import engine
+from options import AMP_DTYPES, load_config
+from errors import UserError, run_cli
 from train_state import TrainState, gather_rng_states
 from vision_language.data import MAX_TEXT_LEN, TextCollate, image_transform
 from vision_language.image_encoder import load_image_weights
@@ -34,7 +32,6 @@ from vision_language.optim import build_optimizer, warmup_linear_decay
 from vision_language.tasks import TASK_HEAD_MULT, build_task
 
 _logger = logging.getLogger('absvit')
-AMP = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -70,7 +67,7 @@ def get_parser() -> argparse.ArgumentParser:
       'Flickr30K: test (default) or val')
     a('--negatives', type=int, default=15, help='Flickr30K: negative captions per image for the ranking loss')
     a('--max-text-len', type=int, default=None, help='default: 50 for VQA, 40 for Flickr30K')
-    a('--amp', default='none', choices=list(AMP))
+    a('--amp', default='none', choices=list(AMP_DTYPES))
     a('--clip-grad', type=float, default=None)
     a('--limit', type=int, default=None, help='use only the first N training samples (smoke runs)')
     a('--eval-limit', type=int, default=None)
@@ -96,15 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = get_parser()
     first, _ = parser.parse_known_args(argv)
     if first.config:
-        if not os.path.isfile(first.config):
-            raise UserError(f'config file not found: {first.config}')
-        with open(first.config) as f:
-            cfg = yaml.safe_load(f) or {}
-        known = {a.dest for a in parser._actions}
-        bad = [k for k in cfg if k.replace('-', '_') not in known]
-        if bad:
-            raise UserError(f'{first.config}: unknown keys {bad} (they are the command-line flags, with _ or -)')
-        parser.set_defaults(**{k.replace('-', '_'): v for k, v in cfg.items()})
+        parser.set_defaults(**load_config(first.config, parser))
     args = parser.parse_args(argv)
     if args.data_root is None:
         raise UserError('--data-root is required: the VQAv2 + COCO or Flickr30K folder (see vision_language/README.md)')
@@ -163,91 +152,63 @@ def accumulation_steps(args) -> int:
     return args.batch_size // per_step
 
 
+class VLStep(engine.TrainStep):
+    """The vision-language step for the project's one training loop: the task's loss module (which owns
+    the model) on a tokenised batch."""
+
+    def __init__(self, loss_module: nn.Module, device: torch.device):
+        self.module, self.device = loss_module, device
+
+    def prepare(self, batch):
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def __call__(self, batch):
+        return self.module(batch)
+
+    def batch_size(self, batch) -> int:
+        return len(next(iter(batch.values())))
+
+
 def train_one_epoch(loss_module: nn.Module, loader, state: TrainState, args, epoch: int, device, amp_dtype,
                     accum: int, tb) -> Dict[str, float]:
-    loss_module.train()
-    ddp = isinstance(loss_module, DistributedDataParallel)
-    bar = tqdm(loader, desc=f'Epoch {epoch + 1}/{args.epochs}', dynamic_ncols=True,
-               disable=args.no_progress or not misc.is_main_process())
-    sums: Dict[str, float] = {}
-    n = 0
-    for i, batch in enumerate(bar):
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        sync = (i + 1) % accum == 0 or i + 1 == len(loader)
-        with (loss_module.no_sync() if ddp and not sync else nullcontext()):
-            with autocast(device, amp_dtype):
-                loss, terms = loss_module(batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f'loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}')
-            scaled = loss / accum
-            (state.loss_scaler.scale(scaled) if state.loss_scaler is not None else scaled).backward()
-        if sync:
-            _update(loss_module, state, args)
-        for k, v in {'loss': loss.detach(), **terms}.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        n += 1
-        bar.set_postfix(loss=f'{sums["loss"] / n:.4f}', lr=f'{state.optimizer.param_groups[0]["lr"]:.2e}')
-        if tb is not None and sync:
-            step = state.lr_scheduler.last_epoch
-            for k, v in terms.items():
-                tb.add_scalar(f'train/{k}', float(v), step)
-            tb.add_scalar('train/loss', loss.item(), step)
-            tb.add_scalar('train/lr', state.optimizer.param_groups[0]['lr'], step)
-    return {k: v / max(n, 1) for k, v in sums.items()}
+    """One epoch through ``engine.train_one_epoch``: accumulation to the global batch, the lr schedule
+    stepped every update."""
+    return engine.train_one_epoch(
+        VLStep(loss_module, device), loader, state.optimizer, device, epoch, num_epochs=args.epochs,
+        accum_steps=accum, on_update=lambda n: state.lr_scheduler.step(), amp_dtype=amp_dtype,
+        loss_scaler=state.loss_scaler, clip_grad=args.clip_grad, tb_writer=tb, progress=not args.no_progress)
 
 
-def _update(loss_module, state: TrainState, args) -> None:
-    params = [p for g in state.optimizer.param_groups for p in g['params']]
-    if state.loss_scaler is not None:
-        state.loss_scaler.unscale_(state.optimizer)
-    if args.clip_grad:
-        torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
-    if state.loss_scaler is not None:
-        state.loss_scaler.step(state.optimizer)
-        state.loss_scaler.update()
-    else:
-        state.optimizer.step()
-    state.optimizer.zero_grad(set_to_none=True)
-    state.lr_scheduler.step()
-
-
-def run(args) -> Dict[str, float]:
-    """The whole job; returns the last evaluation's metrics."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = misc.init_distributed(args)
-    misc.setup_logging(misc.get_rank())
-    misc.seed_everything(args.seed + misc.get_rank())
-    amp_dtype = AMP[args.amp]
-    task = build_task(args)
-    model = build_model(args, task.num_answers).to(device)
-    task.freeze_unused_heads(model)
-    tokenizer = build_tokenizer(args)
-    collate = TextCollate(tokenizer, args.max_text_len, task.num_answers)
-    train_set = task.train_dataset(image_transform(args.image_size, True))
-    accum = accumulation_steps(args)
-    updates_per_epoch = max(1, math.ceil((len(train_set) // (args.per_device_batch * misc.get_world_size())) / accum))
+def build_state(args, task, model, device, amp_dtype, n_train: int, accum: int) -> TrainState:
+    """Optimiser (METER's groups), warm-up + linear decay over every update, fp16's scaler, the best metric
+    by the task's evaluator; resumed from ``--resume`` (``auto``: OUTPUT/checkpoint.pth when present)."""
+    updates_per_epoch = max(1, math.ceil((n_train // (args.per_device_batch * misc.get_world_size())) / accum))
     mult = {'heads': args.lr_mult_heads, 'cross_modal': args.lr_mult_cross_modal, 'feedback': args.lr_mult_feedback}
     optimizer = build_optimizer(model, args.lr, args.weight_decay, mult)
     scheduler = warmup_linear_decay(optimizer, updates_per_epoch * args.epochs, args.warmup)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    state = TrainState(model, optimizer, scheduler, loss_scaler=scaler)
-    os.makedirs(args.output_dir, exist_ok=True)
-    ckpt = os.path.join(args.output_dir, 'checkpoint.pth')
-    resume = ckpt if args.resume == 'auto' and os.path.exists(ckpt) else (args.resume if args.resume != 'auto' else '')
+    state = TrainState(model, optimizer, scheduler, loss_scaler=scaler, best_key=task.evaluator.key,
+                       higher_is_better=task.evaluator.higher_is_better)
+    resume = misc.resolve_resume(args.resume, args.output_dir)
     if resume:
         state.resume(resume, misc.get_rank(), misc.get_world_size())
-    loss_module = task.loss_module(model, args)
-    if misc.is_dist():
-        loss_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == 'cuda' else None)
-    if args.eval_only:
-        stats = task.evaluate(model, args, device, amp_dtype, collate)
-        if misc.is_main_process():
-            record = {'eval_only': True, 'world_size': misc.get_world_size(),
-                      **{f'eval_{k}': v for k, v in stats.items()}}
-            misc.append_json_line(os.path.join(args.output_dir, 'log.txt'), record)
-            _logger.info(json.dumps(record))
-        return stats
+    return state
+
+
+def log_record(args, record: Dict, tb=None, eval_stats: Optional[Dict[str, float]] = None, step: int = 0) -> None:
+    """One line of OUTPUT/log.txt (and the log, and TensorBoard's eval scalars), written by rank 0 only."""
+    if not misc.is_main_process():
+        return
+    misc.append_json_line(os.path.join(args.output_dir, 'log.txt'), record)
+    _logger.info(json.dumps(record))
+    for k, v in (eval_stats or {}).items():
+        tb.add_scalar(f'eval/{k}', v, step)
+
+
+def train_epochs(args, task, model, loss_module, state: TrainState, train_set, collate, device, amp_dtype,
+                 accum: int) -> Dict[str, float]:
+    """The epochs from ``state.start_epoch`` (``--stop-after``: at most that many), each evaluated and
+    checkpointed (every rank's RNG gathered, the file written by rank 0); returns the last evaluation."""
     tb = None
     if misc.is_main_process():
         from torch.utils.tensorboard import SummaryWriter
@@ -261,19 +222,43 @@ def run(args) -> Dict[str, float]:
         train_stats = train_one_epoch(loss_module, loader, state, args, epoch, device, amp_dtype, accum, tb)
         stats = task.evaluate(model, args, device, amp_dtype, collate) if task.has_eval else {}
         state.epoch = epoch
-        if stats.get(task.metric) is not None:
-            state.max_accuracy = max(state.max_accuracy, stats[task.metric])
-        state.save(ckpt, args, gather_rng_states())
+        state.update_best(task.evaluator.score(stats))
+        rngs = gather_rng_states()  # collective: every rank takes part
         if misc.is_main_process():
-            record = {'epoch': epoch + 1, 'seconds': time.time() - start,
-                      **{f'train_{k}': v for k, v in train_stats.items()}, **{f'eval_{k}': v for k, v in stats.items()}}
-            misc.append_json_line(os.path.join(args.output_dir, 'log.txt'), record)
-            _logger.info(json.dumps(record))
-            for k, v in stats.items():
-                tb.add_scalar(f'eval/{k}', v, epoch + 1)
+            state.save(os.path.join(args.output_dir, 'checkpoint.pth'), args, rngs)
+        log_record(args, {'epoch': epoch + 1, 'seconds': time.time() - start,
+                          **{f'train_{k}': v for k, v in train_stats.items()},
+                          **{f'eval_{k}': v for k, v in stats.items()}}, tb, stats, epoch + 1)
     if tb is not None:
         tb.close()
     return stats
+
+
+def run(args) -> Dict[str, float]:
+    """The whole job; returns the last evaluation's metrics."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = misc.init_distributed(args)
+    misc.setup_logging(misc.get_rank())
+    misc.seed_everything(args.seed + misc.get_rank())
+    amp_dtype = AMP_DTYPES[args.amp]
+    task = build_task(args)
+    model = build_model(args, task.num_answers).to(device)
+    task.freeze_unused_heads(model)
+    collate = TextCollate(build_tokenizer(args), args.max_text_len, task.num_answers)
+    train_set = task.train_dataset(image_transform(args.image_size, True))
+    accum = accumulation_steps(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    state = build_state(args, task, model, device, amp_dtype, len(train_set), accum)
+    if args.eval_only:
+        stats = task.evaluate(model, args, device, amp_dtype, collate)
+        log_record(args, {'eval_only': True, 'world_size': misc.get_world_size(),
+                          **{f'eval_{k}': v for k, v in stats.items()}})
+        return stats
+    loss_module = task.loss_module(model, args)
+    if misc.is_dist():
+        loss_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == 'cuda' else None)
+    return train_epochs(args, task, model, loss_module, state, train_set, collate, device, amp_dtype, accum)
 
 
 def _run_command_line(argv=None) -> None:
