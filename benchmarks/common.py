@@ -10,21 +10,15 @@ top-down); any other model without a record is an error (``UnrecordedModelError`
 import datetime
 import os
 import platform
-import sys
-from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
+import torch.nn as nn
+import timm
+from timm.models import model_entrypoint
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import timm  # noqa: E402
-from timm.models import model_entrypoint  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-import models  # noqa: E402,F401  (registers the zoo with timm)
+import models  # noqa: F401  (registers the zoo with timm)
 
 #: timm's own ViTs: the bottom-up baselines of the patch-16 AbSViTs (not forked by the project).
 VIT_BASELINES = ('vit_tiny_patch16_224', 'vit_small_patch16_224', 'vit_base_patch16_224')

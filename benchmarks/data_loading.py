@@ -36,18 +36,15 @@ import tempfile
 import time
 import warnings
 from argparse import Namespace
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-
-import options  # noqa: E402  (main.py's parser and recipes)
-from benchmarks.common import count_model_flops, format_machine, machine_info, markdown_table  # noqa: E402
+import options  # main.py's parser and recipes
+from benchmarks.common import count_model_flops, format_machine, machine_info, markdown_table
 
 MFU_ASSUMED = 0.45
 H100_BF16_TFLOPS = 989.0

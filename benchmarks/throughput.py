@@ -42,17 +42,17 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn as nn
+from timm.models import VisionTransformer
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-from benchmarks.common import (NAIVE_PREFIX, build_model, count_flops, criterion_for, format_machine,  # noqa: E402
+from benchmarks.common import (NAIVE_PREFIX, build_model, count_flops, criterion_for, format_machine,
                                input_size, is_top_down_name, machine_info, markdown_table, model_kwargs_for,
-                               twin_of)
+                               model_record, twin_of)
 
 TRAIN_RATIO_TARGET = 2.3   # AbSViT train step / same-size ViT step
 NAIVE_SPEEDUP_TARGET = 1.5  # naive reference step / AbSViT step
@@ -414,7 +414,23 @@ def target_lines(rows: List[Row]) -> List[str]:
 
 # -------------------------------------------------------------------------------------------------
 
+@lru_cache(maxsize=None)
+def is_top_down_vit(name: str) -> bool:
+    """Whether model ``name`` is an AbSViT in the sense of the naive reference (``benchmarks/naive_absvit.py``)
+    and of the speed and cost targets: its registration records it as top-down (``model_record``) with a
+    bottom-up twin that is a timm ``VisionTransformer``. The twin is built on the meta device (no memory,
+    a few milliseconds), so that the answer comes from what the models are, never from their names."""
+    if name.startswith(NAIVE_PREFIX):
+        return False  # the naive reference itself: it has no naive reference of its own
+    record = model_record(name)
+    if not record.top_down or record.twin is None:
+        return False
+    return isinstance(build_model(record.twin, 'meta'), VisionTransformer)
+
+
 def expand_models(names: List[str], twins: bool, naive: bool) -> List[str]:
+    """``names`` with, before each top-down model, its bottom-up twin (``twins``) and, after each AbSViT,
+    its naive reference implementation (``naive``)."""
     out = []
     for n in names:
         twin = twin_of(n)
@@ -422,7 +438,7 @@ def expand_models(names: List[str], twins: bool, naive: bool) -> List[str]:
             out.append(twin)
         if n not in out:
             out.append(n)
-        if naive and n.startswith('absvit_') and NAIVE_PREFIX + n not in out:
+        if naive and is_top_down_vit(n) and NAIVE_PREFIX + n not in out:
             out.append(NAIVE_PREFIX + n)
     return out
 

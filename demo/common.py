@@ -5,26 +5,20 @@ Every user mistake raises ``DemoError`` with a message that says what to do; the
 """
 import difflib
 import os
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import timm
 import torch
+from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import timm  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import models  # noqa: E402  (registers the zoo with timm)
-from datasets.errors import DatasetError  # noqa: E402
-from errors import UserFacingError  # noqa: E402
-from datasets.fmnist import CLASSES, FashionMNIST  # noqa: E402
-from models.checkpoint import CheckpointError, load_checkpoint_file, load_weights  # noqa: E402
+import models  # noqa: F401  (registers the zoo with timm)
+from datasets.errors import DatasetError
+from errors import UserFacingError
+from datasets.fmnist import CLASSES, FashionMNIST
+from models.checkpoint import CheckpointError, load_checkpoint_file, load_weights
 
 __all__ = ['DemoError', 'FMNIST_CLASSES', 'SKIMAGE_PHOTOS', 'read_fmnist', 'load_model',
            'checkpoint_meta', 'image_spec_parts', 'load_picture', 'prepare_image', 'class_names', 'parse_class',

@@ -10,25 +10,19 @@ canvases keep); spread uniformly it would be the items' share of the canvas.
 """
 import argparse
 import sys
-from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import timm  # noqa: E402
-
-import models.ida  # noqa: E402,F401  (registers ida_*)
-from datasets.multilabel import FashionMNISTCanvases, build_multilabel_transform  # noqa: E402
-from demo.common import DemoError  # noqa: E402
-from errors import run_cli  # noqa: E402
-from options import parse_args  # noqa: E402
-from train_state import load_model_weights  # noqa: E402
+import models.ida  # noqa: F401  (registers ida_*)
+from datasets.multilabel import FashionMNISTCanvases, build_multilabel_transform
+from demo.common import DemoError
+from errors import run_cli
+from options import parse_args
+from train_state import load_model_weights
 
 
 def class_maps(model, image: torch.Tensor, size: int) -> torch.Tensor:

@@ -29,15 +29,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-if __package__ in (None, ''):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from errors import run_cli  # noqa: E402
-from demo.common import (DemoError, class_names, default_depth, image_spec_parts, load_model,  # noqa: E402
+from errors import run_cli
+from demo.common import (DemoError, class_names, default_depth, image_spec_parts, load_model,
                          load_picture, load_prior_vector, normalize_map, parse_class, prepare_image, spec_stem)
 
 __all__ = ['Prior', 'inspect_image', 'render_attention', 'render_alpha_sweep', 'figure_size_px', 'save_figure',

@@ -42,6 +42,27 @@ if ! "$VENV/bin/python" -c "$HAVE" 2>/dev/null \
   touch "$stamp"
 fi
 
+# The project itself, installed editable (pyproject.toml), so that every entry point (main.py,
+# segmentation/train.py, demo/*.py, benchmarks/*.py, `python -m ...`, the absvit-* console scripts)
+# imports it from any folder without editing sys.path. --no-deps: the requirements above are its
+# dependencies (pyproject.toml declares none, so torch is never resolved again); --no-build-isolation:
+# build with this environment's setuptools, with no download. Reinstalled when pyproject.toml changes
+# (new modules or console scripts) or when the environment's install is not this checkout.
+project_stamp="$VENV/.project-installed"
+venv_python="$(cd "$VENV" && pwd)/bin/python"
+here="$(pwd -P)"
+# where the installed project's main.py is, looked up (not imported) from outside the checkout
+INSTALLED='import importlib.util as u, os, sys; s = u.find_spec("main"); sys.exit(not (s and u.find_spec("segmentation") and os.path.dirname(os.path.realpath(s.origin)) == sys.argv[1]))'
+if [ pyproject.toml -nt "$project_stamp" ] || ! (cd / && "$venv_python" -P -c "$INSTALLED" "$here"); then
+  echo "[setup] pip install --no-deps -e . (the project, editable)"
+  if ! "$venv_python" -c 'import setuptools, sys; sys.exit(tuple(map(int, setuptools.__version__.split(".")[:2])) < (70, 1))' 2>/dev/null; then
+    "${PIP[@]}" "setuptools>=70.1"  # PEP 660 editable builds without the separate wheel package
+  fi
+  "${PIP[@]}" --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  (cd / && "$venv_python" -P -c "$INSTALLED" "$here")
+  touch "$project_stamp"
+fi
+
 # timm's own model test suite (tests/test_models.py of the installed timm's source release), which
 # tests/test_timm_suite.py runs on the project's models. It is not part of timm's wheel.
 timm_version=$("$VENV/bin/python" -c 'import timm; print(timm.__version__)')

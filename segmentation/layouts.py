@@ -16,7 +16,7 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import DATASETS, TRANSFORMS
 
-from segmentation.errors import DatasetLayoutError, LabelRangeError
+from segmentation.exceptions import DatasetLayoutError, LabelRangeError
 
 __all__ = ['check_config_data', 'check_dataset_layout', 'CheckLabelIds']
 

@@ -1,8 +1,9 @@
-"""Top-down steering of a segmentor: run its AbSViT backbone with another prior than the learned prompt.
+"""Top-down steering of a segmentor: run its top-down backbone (AbSViT, AbS-RVT, AbS-FAN, ...) with another
+prior than the learned prompt.
 
-The prior lives in the space of the backbone's final tokens (its width). A class's prior is taken
-from the decode head: the mean final-block feature over the pixels the head assigns to that class
-(``class_prior``), i.e. what that class looks like to the backbone in this image; any vector of the
+The prior lives in the space of the backbone's final tokens (its width, ``backbone.width``). A class's
+prior is taken from the decode head: the mean final-block feature over the pixels the head assigns to that
+class (``class_prior``), i.e. what that class looks like to the backbone in this image; any vector of the
 backbone's width works too. ``steered(segmentor, prior, alpha)`` runs the segmentor under it, and
 ``steering_effect`` reports how the features and the predicted map change.
 """
@@ -12,7 +13,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from segmentation.errors import BackboneInputError
+from segmentation.exceptions import BackboneInputError
 
 __all__ = ['steered', 'final_map_and_logits', 'class_prior', 'prior_from_outputs', 'steering_effect']
 
@@ -22,8 +23,8 @@ def steered(segmentor, prior: Optional[torch.Tensor], alpha: Optional[float] = N
     """Within the context the segmentor's backbone uses ``prior`` ((C,) or (B, C)) and ``alpha``."""
     backbone = segmentor.backbone
     if not getattr(backbone, 'top_down', False):
-        raise BackboneInputError('steering needs an AbSViT backbone (top_down=True); this one is bottom-up')
-    width = backbone.vit.embed_dim
+        raise BackboneInputError('steering needs a top-down backbone (top_down=True); this one is bottom-up')
+    width = backbone.width
     if prior is not None and prior.shape[-1] != width:
         raise BackboneInputError(f'a prior for this backbone has {width} channels, got shape {tuple(prior.shape)}')
     saved = backbone.prior, backbone.alpha

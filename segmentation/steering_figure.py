@@ -19,13 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from errors import UserError  # noqa: E402
-from models.checkpoint import select_state_dict  # noqa: E402
-from segmentation.steering import prior_from_outputs, steering_effect, final_map_and_logits  # noqa: E402
+from errors import UserError
+from models.checkpoint import select_state_dict
+from segmentation.steering import prior_from_outputs, steering_effect, final_map_and_logits
 
 __all__ = ['load_image', 'change_share', 'steering_rows', 'draw', 'main']
 

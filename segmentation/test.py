@@ -9,14 +9,14 @@ mmengine checkpoint from a source you trust).
 import os.path as osp
 import sys
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if sys.path and osp.abspath(sys.path[0]) == osp.dirname(osp.abspath(__file__)):
-    sys.path[0] = ROOT  # run as a script: import the project (models, errors, segmentation) from its root
-elif ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from errors import UserError
+from segmentation.cli import build_runner, common_parser, load_config, run_cli
 
-from errors import UserError  # noqa: E402
-from segmentation.cli import build_runner, common_parser, load_config, run_cli  # noqa: E402
+
+def cli(argv=None) -> int:
+    """The console script ``absvit-seg-test`` (pyproject.toml): ``main`` through ``errors.run_cli``, whose
+    exit status it returns (a user error is one line on stderr and status 2)."""
+    return run_cli(main, argv)
 
 
 def parse_args(argv=None):

@@ -5,15 +5,8 @@
 Random images at the config's crop size; the first iteration is a warm-up and is not counted.
 """
 import argparse
-import os.path as osp
 import sys
 import time
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if sys.path and osp.abspath(sys.path[0]) == osp.dirname(osp.abspath(__file__)):
-    sys.path[0] = ROOT
-elif ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 def time_iteration(config: str, batch: int = 2, iters: int = 2, device: str = 'cpu') -> float:

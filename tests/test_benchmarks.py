@@ -148,3 +148,20 @@ def test_posterize_workaround_gives_the_old_pillow_result():
     tf = build_train_transform(data_loading.recipe())
     ops = [op for t in tf.transforms for op in getattr(t, 'ops', []) or [] if op.name.startswith('Posterize')]
     assert ops and all(op.aug_fn is _posterize_old_pillow for op in ops)
+
+
+def test_the_naive_reference_and_the_cost_target_follow_the_records_not_the_names():
+    """AbSViTs (what the naive reference reimplements and what the cost target is about) are the models
+    recorded as top-down over a ViT twin; the other top-down backbones get no naive row, and no
+    benchmark tests a model name for a family prefix."""
+    from pathlib import Path
+    absvits = {n for n in common.all_model_names() if throughput.is_top_down_vit(n)}
+    assert absvits == {'absvit_tiny_patch16_224', 'absvit_small_patch16_224', 'absvit_base_patch16_224',
+                       'absvit_tiny_patch8_224_gap', 'absvit_micro_patch4_28_gap'}
+    assert throughput.expand_models(['absvit_micro_patch4_28_gap', 'absdat_tiny'], twins=True, naive=True) == [
+        'vit_micro_patch4_28_gap', 'absvit_micro_patch4_28_gap', 'naive:absvit_micro_patch4_28_gap',
+        'dat_tiny', 'absdat_tiny']
+    assert not throughput.is_top_down_vit('naive:absvit_micro_patch4_28_gap')
+    for path in Path(throughput.__file__).parent.glob('*.py'):
+        src = path.read_text()
+        assert ".startswith('abs" not in src and '.startswith("abs' not in src, path

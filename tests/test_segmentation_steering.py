@@ -10,7 +10,7 @@ from conftest import ROOT  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
-from segmentation.errors import BackboneInputError  # noqa: E402
+from segmentation.exceptions import BackboneInputError  # noqa: E402
 from segmentation.steering import class_prior, steered, steering_effect  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
