@@ -175,11 +175,12 @@ def load_weights(model: nn.Module, path: str, use_ema: bool = False) -> str:
 #: backbone without a classifier has no use for the checkpoint's.
 CLASSIFIER: Mapping[str, str] = MappingProxyType({'head.': 'classifier', 'head_dist.': 'classifier',
                                                   'fc_norm.': 'classifier'})
-#: The feedback of AbSViT: a plain ViT/DeiT checkpoint lacks it (``may_miss``), the bottom-up twin has
-#: no use for a release's (``set_aside``).
-TOP_DOWN_PREFIXES = ('prompt', 'decoders.')
+#: The feedback path of a top-down model (the prompt, the decoders and, for AbS-RVT, the up-projections between
+#: its stages): a bottom-up checkpoint lacks it (``may_miss``), the bottom-up twin has no use for a release's
+#: (``set_aside``).
+TOP_DOWN_PREFIXES = ('prompt', 'decoders.', 'up_projs.')
 TOP_DOWN: Mapping[str, str] = MappingProxyType(
-    {p: 'top-down weights, unused by the bottom-up ViT' for p in TOP_DOWN_PREFIXES})
+    {p: 'top-down weights, unused by the bottom-up twin' for p in TOP_DOWN_PREFIXES})
 #: Where this project's MMSeg checkpoints keep the backbone, and what the rest of them is (``unwrap``).
 MMSEG: Mapping[str, str] = MappingProxyType({'backbone.vit.': 'segmentation heads'})
 #: Why a classifier of another shape (another class count) is dropped: the model keeps its initialisation.

@@ -22,9 +22,10 @@ mode has is data, ``TOP_DOWN_MODES`` (``TD_MODES`` are their names).
 ``TopDownMixin`` orchestrates the passes for any backbone that provides (see its docstring)
 ``forward_pass(x, td=None, collect=False, depth=None)``, ``pass_intermediates(x, td, ...)`` and
 ``forward_head(tokens)``. Its named steps, ``steering`` (prior and alpha) -> ``bottom_up`` (pass 1) ->
-``top_down_signals`` (prior reweighting and feedback) -> ``top_down`` (pass 2), make ``forward_top_down``
-(training), ``forward_features``, ``forward_intermediates`` (``signals_for`` -> the backbone's
-``pass_intermediates`` -> ``finish_features``), ``inspect`` and the benchmark's profile.
+``top_down_signals`` (prior reweighting and feedback) -> ``top_down`` (pass 2; ``second_pass``: pass 2 and
+the variational loss), make ``forward_top_down`` (training), ``forward_features``, ``forward_intermediates``
+(``signals_for`` -> the backbone's ``pass_intermediates`` -> ``finish_features``), ``inspect`` and the
+benchmark's profile.
 """
 import warnings
 from contextlib import contextmanager
@@ -564,16 +565,27 @@ class TopDownMixin:
             return TopDownOutput(logits2, (logits1, logits2), None, mask)
         signals, mask = self.top_down_signals(tokens, prior, alpha)
         done('prior + feedback')
-        if not (var_loss and self.decoders is not None):
-            logits2 = self.forward_head(self.top_down(x, signals))
-            done('pass 2 (top-down)')
-            return TopDownOutput(logits2, (logits1, logits2), None, mask)
-        tokens2, ins, outs = self.forward_pass(x, signals, collect=True)  # pass 2, with what the loss needs
+        tokens2, vloss = self.second_pass(x, signals, var_loss, phase)
         logits2 = self.forward_head(tokens2)
+        return TopDownOutput(logits2, (logits1, logits2), vloss, mask)
+
+    def second_pass(self, x: torch.Tensor, signals: List[torch.Tensor], var_loss: bool = False,
+                    phase: Optional[Callable[[str], None]] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Pass 2's tokens and, with ``var_loss`` in a mode with decoders, the variational loss (else
+        ``None``): the tail of ``forward_top_down``, public for callers that need pass 2's tokens rather
+        than its logits (the vision-language encoder feeds every token to its fusion). The collecting
+        pass keeps every block's input and output alive, so it runs only when the loss is asked for.
+        ``phase`` as in ``forward_top_down``."""
+        done = phase if phase is not None else (lambda name: None)
+        if not (var_loss and self.decoders is not None):
+            tokens = self.top_down(x, signals)
+            done('pass 2 (top-down)')
+            return tokens, None
+        tokens, ins, outs = self.forward_pass(x, signals, collect=True)  # pass 2, with what the loss needs
         done('pass 2 (top-down)')
         vloss = variational_loss(self.decoders, ins, outs)
         done('variational loss')
-        return TopDownOutput(logits2, (logits1, logits2), vloss, mask)
+        return tokens, vloss
 
     def forward(self, x: torch.Tensor, prior: Optional[torch.Tensor] = None,
                 classes: Optional[Union[int, List[int], torch.Tensor]] = None, alpha: Optional[float] = None,

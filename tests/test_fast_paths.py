@@ -93,12 +93,16 @@ def test_naive_reference_matches_project_model(pool):
 
 
 def test_naive_reference_has_the_release_state_dict_for_every_absvit():
-    """Same keys and shapes as the project's model for every registered AbSViT (meta device)."""
+    """Same keys and shapes as the project's model for every registered AbSViT (meta device); the naive
+    reference implements the AbS mode, so variants registered in another mode (the tests' micro variants)
+    are not its business."""
     names = [n for n in timm.list_models('absvit_*')]
     assert names
     for name in names:
         with torch.device('meta'):
             model = timm.create_model(name)
+        if model.td_mode != 'abs':
+            continue
         naive = naive_like(model)
         a = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         b = {k: tuple(v.shape) for k, v in naive.state_dict().items()}

@@ -19,7 +19,7 @@ from conftest import ROOT, golden  # noqa: E402
 from models import CheckpointError  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 from segmentation.backbone import AbSViTBackbone, resample_pos_embed  # noqa: E402
-from segmentation.errors import BackboneInputError  # noqa: E402
+from segmentation.exceptions import BackboneInputError  # noqa: E402
 from segmentation.weights import load_classification_weights  # noqa: E402
 from test_pipeline_helpers import env_one_thread, make_folder_dataset  # noqa: E402
 
@@ -146,7 +146,7 @@ def test_release_absvit_checkpoint_into_bottom_up_twin_reports_top_down_keys(tmp
     bu = AbSViTBackbone(top_down=False, **MICRO)
     report = load_classification_weights(bu.vit, str(tmp_path / 'rel.pth'))
     assert report.which == 'model'  # not the EMA
-    assert report.skipped['prompt'] == 'top-down weights, unused by the bottom-up ViT'
+    assert report.skipped['prompt'] == 'top-down weights, unused by the bottom-up twin'
     assert sum(k.startswith('decoders.') for k in report.skipped) == 8 and report.skipped['head.bias'] == 'classifier'
     assert torch.equal(bu.vit.state_dict()['blocks.1.mlp.fc2.weight'], sd['blocks.1.mlp.fc2.weight'])
 
@@ -184,3 +184,87 @@ def test_init_cfg_pretrained_loads_once_and_resume_does_not_reinitialise(tmp_pat
     w = plain.vit.pos_embed.detach().clone()
     plain.init_weights()  # no checkpoint: the construction-time weights stay (no timm re-init)
     assert torch.equal(plain.vit.pos_embed, w)
+
+
+# ------------------------------------------------------------------------------------------------
+# Any zoo backbone: built by name, its bottom-up twin from the registry's record.
+
+#: micro AbS-RVT (two stages, a feedback bridge) and AbS-FAN (class-attention tokens), by registered name
+ZOO_MICRO = {
+    'absrvt_tiny': dict(img_size=64, base_dims=[16, 16], depth=[2, 1], heads=[2, 4], drop_path_rate=0.0),
+    'absfan_tiny_12_p16_224': dict(img_size=64, embed_dim=32, depth=3, num_heads=2),
+}
+
+
+@pytest.mark.parametrize('name', sorted(ZOO_MICRO))
+def test_zoo_backbone_gives_the_models_own_maps_and_its_twin_the_bottom_up_ones(name):
+    """The maps are the model's ``forward_intermediates`` of the top-down pass (the last block after its
+    final norm); ``top_down=False`` builds the recorded twin, whose maps are the top-down model's pass 1."""
+    from model_helpers import amplify_feedback
+    from segmentation.backbone import ZooBackbone
+    from timm.models import get_pretrained_cfg
+    td = ZooBackbone(name, out_indices=(0, 1, 2), model_kwargs=ZOO_MICRO[name]).eval()
+    bu = ZooBackbone(name, top_down=False, out_indices=(0, 1, 2), model_kwargs=ZOO_MICRO[name]).eval()
+    assert td.top_down and td.vit.is_top_down and not bu.top_down and not getattr(bu.vit, 'is_top_down', False)
+    assert bu.vit.default_cfg['architecture'] == get_pretrained_cfg(name).bottom_up_twin
+    amplify_feedback(td.vit)
+    missing, unexpected = td.vit.load_state_dict(bu.vit.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(('prompt', 'decoders.', 'up_projs.')) for k in missing)
+    x = torch.randn(2, 3, 50, 61)
+    padded = F.pad(x, (0, (-61) % td.stride[1], 0, (-50) % td.stride[0]))  # to the coarsest reduction taken
+    with torch.no_grad():
+        top, bottom = td(x), bu(x)
+        ref = td.vit.forward_intermediates(padded, indices=[0, 1, 2], intermediates_only=True)
+        plain = td.vit.forward_intermediates(padded, indices=[0], top_down=False, intermediates_only=True)
+    assert [t.shape for t in top] == [b.shape for b in bottom] and top[0].shape[1] == td.vit.feature_info[0]['num_chs']
+    for a, b in zip(top[:2], ref[:2]):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(top[2], td.vit.norm(ref[2].permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    assert (top[2] - bottom[2]).abs().max() > 1e-3  # the feedback reaches the maps
+    torch.testing.assert_close(bottom[0], plain[0])
+
+
+def test_zoo_backbone_is_steered_as_absvit():
+    from segmentation.backbone import ZooBackbone
+    b = ZooBackbone('absrvt_tiny', out_indices=(2,), model_kwargs=ZOO_MICRO['absrvt_tiny']).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for p in b.vit.decoders.parameters():
+            p.mul_(8)
+        plain = b(x)[0]
+        b.prior, b.alpha = torch.randn(b.width), 10.0
+        steered = b(x)[0]
+    assert b.width == 64 and (steered - plain).abs().max() > 1e-3
+
+
+def test_zoo_backbone_bad_names_and_indices_are_one_clear_error():
+    from segmentation.backbone import ZooBackbone
+    kw = ZOO_MICRO['absrvt_tiny']
+    with pytest.raises(BackboneInputError, match="unknown model 'absrvt_tiniest'"):
+        ZooBackbone('absrvt_tiniest', model_kwargs=kw)
+    with pytest.raises(BackboneInputError, match="top-down backbone was asked of 'rvt_tiny', which is bottom-up"):
+        ZooBackbone('rvt_tiny', top_down=True, model_kwargs=kw)
+    with pytest.raises(BackboneInputError, match=r'out_indices must be block indices in \[0, 3\)'):
+        ZooBackbone('absrvt_tiny', out_indices=(0, 3), model_kwargs=kw)
+    with pytest.raises(BackboneInputError, match=r'\(B, 3, H, W\)'):
+        ZooBackbone('absrvt_tiny', model_kwargs=kw)(torch.randn(1, 1, 64, 64))
+    bu = ZooBackbone('absrvt_tiny', top_down=False, model_kwargs=kw)
+    bu.prior = torch.randn(64)
+    with pytest.raises(BackboneInputError, match='bottom-up backbone has no top-down pass'):
+        bu(torch.randn(1, 3, 64, 64))
+
+
+def test_tiny_absrvt_config_builds_the_zoo_model_and_its_twin():
+    from mmengine.config import Config
+    from mmseg.utils import register_all_modules
+    register_all_modules()
+    cfg = Config.fromfile(str(ROOT / 'segmentation/configs/tiny/upernet_absrvt-tiny_ade20k.py'))
+    cfg.model.backbone.init_cfg = None
+    td = MODELS.build(cfg.model)
+    cfg.model.backbone.top_down = False
+    bu = MODELS.build(cfg.model)
+    assert type(td.backbone.vit).__name__ == 'AbSRVT' and type(bu.backbone.vit).__name__ == 'RVT'
+    assert not hasattr(bu.backbone.vit, 'decoders')
+    with torch.no_grad():
+        maps = td.eval().extract_feat(torch.randn(2, 3, 64, 64))
+    assert [tuple(m.shape) for m in maps] == [(2, 32, 4, 4), (2, 32, 4, 4), (2, 64, 2, 2)]

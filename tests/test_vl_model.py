@@ -226,3 +226,57 @@ def test_image_encoder_is_the_zoo_models_own_top_down_pass(prior_mode):
         assert torch.equal(out.tokens, enc.vit.forward_features(images, prior=prior, alpha=enc.alpha))
         assert torch.equal(out.var_loss, enc.vit.forward_top_down(images, prior=prior, alpha=enc.alpha).var_loss)
         assert torch.equal(enc(images, text).tokens, out.tokens) and enc(images, text).var_loss is None
+
+
+def _micro_zoo():
+    """Registers the test-only micro models (tests/timm_suite/micro_variants.py) with timm."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent / 'timm_suite'))
+    import micro_variants  # noqa: F401
+
+
+@pytest.mark.parametrize('name, twin, img', [('absrvt_micro', 'rvt_micro', 64), ('absfan_micro', 'fan_micro', 32)])
+def test_image_encoder_takes_any_zoo_backbone_and_its_twin(name, twin, img):
+    """AbS-RVT (a two-stage map) and AbS-FAN (class-attention tokens) steer as AbSViT does: the encoder's
+    outputs are the zoo model's own steps, as one token sequence; their twins are bottom-up encoders."""
+    from models.topdown import prior_mask
+    from vision_language.image_encoder import as_sequence
+    _micro_zoo()
+    torch.manual_seed(0)
+    model = VLModel(tiny_vl_config('paper', image_encoder=name, image_kwargs=dict(img_size=img, in_chans=3)))
+    enc = model.image_encoder.eval()
+    images, text = torch.randn(2, 3, img, img), torch.randn(2, 24)
+    with torch.no_grad():
+        out = enc(images, text, var_loss=True)
+        prior = enc.prompt_decoder(text)
+        tokens = enc.vit.forward_features(images, prior=prior, alpha=enc.alpha)
+        assert torch.equal(out.tokens, as_sequence(tokens)) and out.tokens.dim() == 3
+        assert torch.equal(out.mask, as_sequence(prior_mask(enc.vit.bottom_up(images), prior)))
+        assert torch.equal(out.var_loss, enc.vit.forward_top_down(images, prior=prior, alpha=enc.alpha).var_loss)
+    assert out.mask.shape[:2] == out.tokens.shape[:2] and enc.width == enc.vit.num_features
+    _, ids, mask = _batch(B=2)
+    assert model(images, ids, mask, var_loss=True).cls_feats.shape == (2, 32)
+    plain = VLModel(tiny_vl_config(image_encoder=twin, image_kwargs=dict(img_size=img, in_chans=3))).image_encoder
+    assert not plain.top_down and plain.prompt_decoder is None
+    assert plain.num_prefix_tokens == enc.num_prefix_tokens == getattr(enc.vit, 'num_prefix_tokens', 0)
+    with torch.no_grad():
+        assert torch.equal(plain(images).tokens, as_sequence(plain.vit.forward_features(images)))
+
+
+def test_plain_rvt_checkpoint_starts_an_abs_rvt_image_encoder(tmp_path):
+    """Through the zoo's adapter: the classifier is set aside, the feedback (decoders and the stage
+    bridge) kept as initialised, every backbone weight loaded."""
+    import timm
+    from vision_language.image_encoder import build_image_encoder, load_image_weights
+    _micro_zoo()
+    cls = timm.create_model('rvt_micro', num_classes=5)
+    torch.save({'model': cls.state_dict()}, tmp_path / 'rvt.pth')
+    enc = build_image_encoder('absrvt_micro', 8, img_size=64)
+    feedback = {k: v.clone() for k, v in enc.vit.state_dict().items() if k.startswith(('decoders.', 'up_projs.'))}
+    summary = load_image_weights(enc.vit, str(tmp_path / 'rvt.pth'))  # a plain RVT lacks the bridge too
+    assert 'skipped (classifier): 2 tensors, head.weight, head.bias' in summary
+    assert 'not in the checkpoint (kept as initialised): decoders.0.linear.weight' in summary
+    own = enc.vit.state_dict()
+    assert 'up_projs.0.weight' in feedback and all(torch.equal(own[k], v) for k, v in feedback.items())
+    assert all(torch.equal(own[k], v) for k, v in cls.state_dict().items() if not k.startswith('head.'))

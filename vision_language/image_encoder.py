@@ -1,10 +1,13 @@
-"""The image side: a zoo ViT / AbSViT whose top-down pass is steered by a text prior.
+"""The image side: a top-down zoo backbone (AbSViT, AbS-RVT, AbS-FAN, ...) whose top-down pass is steered
+by a text prior, or its bottom-up twin.
 
 The two passes, the prior's mask, the feedback and the variational loss are the zoo model's own
 (``models/topdown.py``: the encoder calls its steps ``steering`` -> ``bottom_up`` -> ``top_down_signals``
--> pass 2); this module adds only what the vision-language model needs around them: the projection of a
-text vector to the image width (``prompt_decoder``, the release's name) and the prior modes, one row of
-``PRIOR_MODES`` each, which say everything a mode decides (the model reads its text and loss fields):
+-> ``second_pass``); this module adds only what the vision-language model needs around them: the
+projection of a text vector to the image width (``prompt_decoder``, the release's name), the tokens as
+one sequence (a backbone whose tokens are a channel-last map gives them row by row) and the prior
+modes, one row of ``PRIOR_MODES`` each, which say everything a mode decides (the model reads its text
+and loss fields):
 
 * ``paper``: the text's first-token state steers every task; reweighting
   ``alpha * clamp(cos(p, z), 0, 1) * z`` with alpha 10; the CLIP-style prior loss and the variational
@@ -13,21 +16,23 @@ text vector to the image width (``prompt_decoder``, the release's name) and the 
   end-of-sequence state retrieval; ``x = (z * mask) @ (p p^T) * 5`` with the unnormalised ``p``; no
   prior loss, the variational loss only in VQA.
 
-A plain timm ViT (the paper's ViT-B baseline) is accepted too: it has no prior and no feedback.
+A bottom-up model (timm's ViT-B, the paper's baseline, or any twin) is accepted too: it has no prior and
+no feedback. What a backbone is, and how it is built, is read from the model (``is_top_down``, its
+constructor's options), never from its name.
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from types import MappingProxyType
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import timm
 import torch
 import torch.nn as nn
 
 import models  # noqa: F401  (registers the zoo with timm)
-from models.checkpoint import CheckpointError, adapt_state_dict, load_checkpoint_file, select_state_dict
-from models.topdown import variational_loss
+from models.checkpoint import CLASSIFIER, load_pretrained
 
 __all__ = ['TASKS', 'PriorMode', 'PRIOR_MODES', 'resolve_prior_mode', 'ImageOutput', 'SteeredImageEncoder',
-           'build_image_encoder', 'load_image_weights']
+           'build_image_encoder', 'FIRST_TOKEN', 'IMAGE_ENCODER', 'load_image_weights', 'as_sequence']
 
 #: the tasks of the vision-language model
 TASKS = ('vqa', 'retrieval')
@@ -77,11 +82,17 @@ def resolve_prior_mode(name: str) -> PriorMode:
     return PRIOR_MODES[name]
 
 
+def as_sequence(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, ..., C) channel-last tokens as one (B, N, C) sequence: a sequence stays as it is, a map
+    (B, h, w, C) is read row by row. The fusion and the losses take sequences whatever the backbone."""
+    return tokens.flatten(1, -2)
+
+
 @dataclass
 class ImageOutput:
-    """What the image side gives the fusion and the losses.
+    """What the image side gives the fusion and the losses, every field a (B, N, .) sequence.
 
-    ``tokens``: all tokens after the final norm of the reported pass (top-down for AbSViT);
+    ``tokens``: all tokens after the final norm of the reported pass (top-down for a top-down model);
     ``bottom_up``: pass-1 tokens (the CLIP-style prior loss aligns them with the prior);
     ``prior``: the projected text prior (B, C); ``mask``: the prior's token mask (B, N, 1);
     ``var_loss``: the unweighted variational loss (``None`` when not asked for or without feedback).
@@ -94,7 +105,9 @@ class ImageOutput:
 
 
 class SteeredImageEncoder(nn.Module):
-    """A zoo ViT (``vit``) and, when it is top-down, the text-to-image prior projection."""
+    """A zoo backbone (``vit``, the release's name for it) and, when it is top-down, the text-to-image
+    prior projection. ``num_prefix_tokens``: how many tokens of the sequence are not patches (a class
+    token), which the mask statistics skip (0 for a backbone that gives a map, such as RVT)."""
 
     def __init__(self, vit: nn.Module, text_dim: int, prior_mode: str = 'paper', alpha: Optional[float] = None):
         super().__init__()
@@ -102,7 +115,8 @@ class SteeredImageEncoder(nn.Module):
         self.vit = vit
         self.top_down = bool(getattr(vit, 'is_top_down', False))
         self.prior_mode = prior_mode
-        self.width = vit.embed_dim
+        self.width = vit.num_features
+        self.num_prefix_tokens = int(getattr(vit, 'num_prefix_tokens', 0))
         self.alpha = mode.alpha if alpha is None else float(alpha)
         self.prompt_decoder = nn.Linear(text_dim, self.width) if self.top_down else None
         if self.top_down:
@@ -117,24 +131,14 @@ class SteeredImageEncoder(nn.Module):
         steps run; its ``forward_top_down`` is not called because it returns the head's output, while the
         fusion needs every token of pass 2 and the prior loss those of pass 1."""
         if not self.top_down:
-            return ImageOutput(self.vit.forward_features(images))
+            return ImageOutput(as_sequence(self.vit.forward_features(images)))
         if text_prior is None:
             raise ValueError('a top-down image encoder needs a text prior (B, text_dim)')
         prior, alpha = self.vit.steering(self.prompt_decoder(text_prior), alpha=self.alpha)
         tokens1 = self.vit.bottom_up(images)
         signals, mask = self.vit.top_down_signals(tokens1, prior, alpha)
-        tokens2, vloss = self._second_pass(images, signals, var_loss)
-        return ImageOutput(tokens2, tokens1, prior, mask, vloss)
-
-    def _second_pass(self, images: torch.Tensor, signals: List[torch.Tensor],
-                     var_loss: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Pass 2's tokens and, with ``var_loss``, the variational loss: the tail of the mixin's
-        ``forward_top_down``, which has no step of its own that returns tokens (the collecting pass
-        costs more, so it runs only when the loss is asked for)."""
-        if not var_loss:
-            return self.vit.top_down(images, signals), None
-        tokens, ins, outs = self.vit.forward_pass(images, signals, collect=True)
-        return tokens, variational_loss(self.vit.decoders, ins, outs)
+        tokens2, vloss = self.vit.second_pass(images, signals, var_loss)
+        return ImageOutput(as_sequence(tokens2), as_sequence(tokens1), prior, as_sequence(mask), vloss)
 
     def load_release_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
         """Load the release's image-encoder keys (timm ViT keys + ``decoders.*`` + ``prompt_decoder.*``)
@@ -145,33 +149,38 @@ class SteeredImageEncoder(nn.Module):
             raise KeyError(f'release image-encoder weights do not fit: missing {missing}, unexpected {unexpected}')
 
 
+#: What METER's first-token pooling asks of a backbone whose constructor offers it (timm's ViT family,
+#: recognised by its ``has_class_token`` attribute): a class token first, and the final norm on every
+#: token (timm's ViT moves it after the pooling unless it pools the token). A backbone without the
+#: option is built as it is: FAN's class token comes first anyway; a map backbone (RVT) has none, and
+#: the fusion's first image token is then its top-left position, which co-attention has mixed.
+FIRST_TOKEN: Mapping[str, Any] = MappingProxyType(dict(class_token=True, global_pool='token'))
+
+
 def build_image_encoder(name: str, text_dim: int, prior_mode: str = 'paper', alpha: Optional[float] = None,
                         **vit_kwargs) -> SteeredImageEncoder:
-    """``timm.create_model(name)`` of the zoo without a classifier, class-token pooling (METER pools
-    the first image token), wrapped with the prior projection. ``vit_kwargs`` override the zoo's
-    config (tests build micro models this way)."""
-    vit_kwargs = {'num_classes': 0, 'global_pool': 'token', 'class_token': True, **vit_kwargs}
-    vit = timm.create_model(name, **vit_kwargs)
+    """``timm.create_model(name)`` of the zoo without a classifier (with ``FIRST_TOKEN`` where the model
+    offers it), wrapped with the prior projection. ``vit_kwargs`` override the zoo's config and
+    ``FIRST_TOKEN`` (tests build micro models this way). Whether the model offers the class-token option
+    is read from a copy built on the meta device (no memory, no random numbers drawn)."""
+    kwargs = {'num_classes': 0, **vit_kwargs}
+    with torch.device('meta'):
+        offers_class_token = hasattr(timm.create_model(name, **kwargs), 'has_class_token')
+    vit = timm.create_model(name, **({**FIRST_TOKEN, **kwargs} if offers_class_token else kwargs))
     return SteeredImageEncoder(vit, text_dim, prior_mode, alpha)
 
 
-#: what an image-classification checkpoint has that the vision-language image encoder does not use
-_UNUSED_PREFIXES = ('head.', 'head_dist.', 'fc_norm.', 'prompt')
+#: What the image encoder takes from an image-classification checkpoint (``models.checkpoint.fit_checkpoint``'s
+#: keywords): the classifier and the learned prompt are set aside (the text is the prior here), the
+#: feedback (decoders, and the bridges of multi-stage backbones) may be missing (a plain backbone's file),
+#: the position embedding is resampled timm's way.
+IMAGE_ENCODER: Mapping[str, Any] = MappingProxyType(dict(
+    set_aside=MappingProxyType({**CLASSIFIER, 'prompt': 'learned prior (the text is the prior here)'}),
+    may_miss=('decoders.', 'up_projs.'), resample='timm'))
 
 
 def load_image_weights(vit: nn.Module, path: str) -> str:
     """Start the image encoder from an ImageNet checkpoint of this project or of the release (read with
-    ``weights_only=True``): the classifier and the learned ``prompt`` are set aside (the text is the
-    prior here), the position embedding is resampled to the encoder's grid, and weights the checkpoint
-    lacks may only be the feedback's (a plain ViT/DeiT file for AbSViT). Returns what was done."""
-    state_dict, which = select_state_dict(load_checkpoint_file(path))
-    own = vit.state_dict()
-    unused = [k for k in state_dict if k not in own and k.startswith(_UNUSED_PREFIXES)]
-    sd, report = adapt_state_dict(vit, {k: v for k, v in state_dict.items() if k not in unused})
-    lacking = [k for k in report['missing'] if not k.startswith('decoders.')]
-    if lacking:
-        raise CheckpointError(f"{path} lacks {len(lacking)} image-encoder weights ({', '.join(lacking[:6])}): "
-                              'is it a checkpoint of another model or width?')
-    vit.load_state_dict(sd, strict=False)
-    return (f"loaded '{which}' weights from {path}: set aside {unused or 'nothing'}, "
-            f"resampled {report['resampled'] or 'nothing'}, kept as initialised {report['missing'] or 'nothing'}")
+    ``weights_only=True``) through the zoo's shared adapter, as ``IMAGE_ENCODER`` says; anything else that
+    does not fit is one ``CheckpointError`` naming the file. Returns the adapter's report, for the log."""
+    return load_pretrained(vit, path, **IMAGE_ENCODER).summary()

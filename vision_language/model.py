@@ -1,8 +1,9 @@
-"""The vision-language model: METER's layout with the zoo's AbSViT steered by the text.
+"""The vision-language model: METER's layout with a top-down zoo backbone (AbSViT, AbS-RVT, AbS-FAN, ...)
+steered by the text.
 
 text --AutoModel--> hidden (B, L, Dt) --Linear--> (B, L, H) + type 0 --\\
                       \\-- text prior (B, Dt) --prompt_decoder--> steers the image encoder's pass 2
-image --ViT/AbSViT--> tokens (B, N, Di) --Linear--> (B, N, H) + type 1 --> co-attention fusion
+image --zoo model--> tokens (B, N, Di) --Linear--> (B, N, H) + type 1 --> co-attention fusion
 fusion --> poolers (first token, Linear + tanh) --> cls_feats (B, 2H) --> VQA / ITM / ranking heads
 
 Prior modes (``VLConfig.prior_mode``): one row each of ``vision_language.image_encoder.PRIOR_MODES``, which
@@ -29,7 +30,7 @@ class VLConfig:
     """Sizes and choices of the model; the defaults are METER-B with RoBERTa-base and AbSViT-B/16."""
     text_encoder: Union[str, PretrainedConfig] = 'roberta-base'  #: hub name, local path, or a config (random init)
     local_files_only: bool = False
-    image_encoder: str = 'absvit_base_patch16_224'  #: a zoo name; vit_base_patch16_224 is the ViT-B baseline
+    image_encoder: str = 'absvit_base_patch16_224'  #: a zoo name; a bottom-up one (vit_base_patch16_224) is a baseline
     image_kwargs: Dict[str, Any] = field(default_factory=dict)  #: overrides of the zoo config (img_size, ...)
     hidden_size: int = 768
     num_heads: int = 12
