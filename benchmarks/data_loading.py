@@ -268,7 +268,7 @@ def h100_train_img_s(models: Sequence[str]) -> Dict[str, float]:
     return out
 
 
-def main(argv=None) -> str:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--images', type=int, default=96, help='JPEGs to generate')
     ap.add_argument('--per-worker-images', type=int, default=64, help='images timed in the single-worker loop')
@@ -282,7 +282,66 @@ def main(argv=None) -> str:
     ap.add_argument('--models', nargs='*', default=list(DEFAULT_MODELS), help='models for the default estimate')
     ap.add_argument('--keep', help='write the JPEGs here and keep them (default: a temporary folder)')
     ap.add_argument('--smoke', action='store_true', help='CI: 8 small images, no DataLoader processes')
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _gpu_path_row(ds, rec, args, workers: int) -> List[str]:
+    """GpuJpegLoader's rate: wall clock on CUDA (2 byte-reading workers, device synced at the end); on the
+    CPU the same code in one process and thread, per CPU-second (not the point of it)."""
+    dev = torch.device(args.device)
+    if dev.type == 'cuda':
+        gl = GpuJpegLoader(ds.samples, args.batch_size, dev, workers=min(workers, 2), mixup=mixup_fn(rec))
+        loader_img_s(gl, device=dev)  # warm-up (nvJPEG handles, kernels)
+        rate = loader_img_s(gl, device=dev)
+        what = f'{min(workers, 2)} byte-reading workers'
+    else:
+        gl = GpuJpegLoader(ds.samples, args.batch_size, dev, workers=0, mixup=mixup_fn(rec))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            rate = loader_img_s(gl, clock=time.process_time)
+        finally:
+            torch.set_num_threads(threads)
+        what = '1 process, per CPU-second'
+    return [f'GpuJpegLoader on {dev.type} (decode_jpeg + crop + grouped RandAugment + mixup), {what}', f'{rate:.1f}']
+
+
+def _stage_rows(paths, ds, rec, args, workers: int, log) -> Tuple[List[List[str]], float]:
+    """img/s of each stage (decode, the train transform in one worker, mixup, the DataLoader, the GPU path);
+    returns the rows and the one-worker rate."""
+    from datasets import load_image
+    w1 = per_worker_img_s(ds, args.per_worker_images, args.repeats)
+    log(f'one worker: {w1:.1f} img/s')
+    t0 = time.process_time()  # decode alone, for the breakdown
+    for p in paths[:args.per_worker_images]:
+        load_image(p)
+    decode = min(len(paths), args.per_worker_images) / (time.process_time() - t0)
+    mix = mixup_img_s(mixup_fn(rec), args.batch_size, img=224)
+    rows = [['PIL decode only (`datasets.load_image`), 1 process, per CPU-second', f'{decode:.1f}'],
+            ['project train transform (decode + RRC + flip + RandAugment + jitter + erasing), '
+             '1 worker, per CPU-second', f'{w1:.1f}'],
+            [f'mixup/cutmix on CPU, batch {args.batch_size} (main process)', f'{mix:.0f}']]
+    if workers > 0:
+        loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=workers, drop_last=True)
+        rows.append([f'DataLoader, {workers} workers, batch {args.batch_size}', f'{loader_img_s(loader):.1f}'])
+    if args.gpu_path:
+        rows.append(_gpu_path_row(ds, rec, args, workers))
+    return rows, w1
+
+
+def _workers_needed(args, w1: float) -> Tuple[List[List[str]], str]:
+    """Per model: the training img/s to feed (given, or at the assumed MFU on an H100) and the PIL workers."""
+    if args.model_img_s:
+        need = {k: float(v) for k, v in (s.split('=', 1) for s in args.model_img_s)}
+        source = 'given'
+    else:
+        need = h100_train_img_s(args.models)
+        source = f'at {MFU_ASSUMED:.0%} MFU on an H100 (bf16 {H100_BF16_TFLOPS:g} TFLOP/s), from counted train FLOPs'
+    return [[f'`{k}`', f'{v:.0f}', str(math.ceil(v / w1))] for k, v in need.items()], source
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
     t_start = time.perf_counter()
     torch.manual_seed(0)
     size = (500, 375)
@@ -299,50 +358,8 @@ def main(argv=None) -> str:
         mean_kb = statistics.mean(os.path.getsize(p) for p in paths) / 1024
         rec = recipe()
         ds = train_dataset(root, rec)
-        w1 = per_worker_img_s(ds, args.per_worker_images, args.repeats)
-        log(f'one worker: {w1:.1f} img/s')
-        # decode alone, for the breakdown
-        from datasets import load_image
-        t0 = time.process_time()
-        for p in paths[:args.per_worker_images]:
-            load_image(p)
-        decode = min(len(paths), args.per_worker_images) / (time.process_time() - t0)
-        mix = mixup_img_s(mixup_fn(rec), args.batch_size, img=224)
-        rows = [['PIL decode only (`datasets.load_image`), 1 process, per CPU-second', f'{decode:.1f}'],
-                ['project train transform (decode + RRC + flip + RandAugment + jitter + erasing), '
-                 '1 worker, per CPU-second', f'{w1:.1f}'],
-                [f'mixup/cutmix on CPU, batch {args.batch_size} (main process)', f'{mix:.0f}']]
-        if workers > 0:
-            loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=workers, drop_last=True)
-            rate = loader_img_s(loader)
-            rows.append([f'DataLoader, {workers} workers, batch {args.batch_size}', f'{rate:.1f}'])
-        if args.gpu_path:
-            dev = torch.device(args.device)
-            if dev.type == 'cuda':  # wall clock, bytes read by 2 workers, device synced at the end
-                gl = GpuJpegLoader(ds.samples, args.batch_size, dev, workers=min(workers, 2), mixup=mixup_fn(rec))
-                loader_img_s(gl, device=dev)  # warm-up (nvJPEG handles, kernels)
-                rate = loader_img_s(gl, device=dev)
-                what = f'{min(workers, 2)} byte-reading workers'
-            else:  # the same code on the CPU: one process, one thread, per CPU-second (not the point of it)
-                gl = GpuJpegLoader(ds.samples, args.batch_size, dev, workers=0, mixup=mixup_fn(rec))
-                threads = torch.get_num_threads()
-                torch.set_num_threads(1)
-                try:
-                    rate = loader_img_s(gl, clock=time.process_time)
-                finally:
-                    torch.set_num_threads(threads)
-                what = '1 process, per CPU-second'
-            rows.append([f'GpuJpegLoader on {dev.type} (decode_jpeg + crop + grouped RandAugment + mixup), {what}',
-                         f'{rate:.1f}'])
-
-        if args.model_img_s:
-            need = {k: float(v) for k, v in (s.split('=', 1) for s in args.model_img_s)}
-            source = 'given'
-        else:
-            need = h100_train_img_s(args.models)
-            source = (f'at {MFU_ASSUMED:.0%} MFU on an H100 (bf16 {H100_BF16_TFLOPS:g} TFLOP/s), '
-                      'from counted train FLOPs')
-        wrows = [[f'`{k}`', f'{v:.0f}', str(math.ceil(v / w1))] for k, v in need.items()]
+        rows, w1 = _stage_rows(paths, ds, rec, args, workers, log)
+        wrows, source = _workers_needed(args, w1)
         text = '\n'.join([
             '## Data loading (ImageNet recipe of main.py, generated JPEGs)', '',
             format_machine(machine_info()), '',

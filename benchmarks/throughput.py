@@ -44,7 +44,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -480,20 +480,9 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> str:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args._probe:
-        _probe(json.loads(args._probe))
-        return ''
-    global _now
-    _now = _CLOCKS[args.clock]
-    device = torch.device(args.device)
-    gpu = device.type == 'cuda'
-    if gpu and args.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+def _settle_defaults(args, gpu: bool) -> Tuple[List[str], List[int], List[str]]:
+    """The models, batch sizes and precisions to run: the command line's, else the device's defaults
+    (``--smoke``: micro models, one step, batch 2)."""
     if args.smoke:
         models_ = args.models or SMOKE_MODELS
         args.steps, args.rounds, args.warmup = 1, 1, 1
@@ -502,14 +491,53 @@ def main(argv=None) -> str:
     else:
         models_ = args.models or (['absvit_small_patch16_224', 'absvit_base_patch16_224'] if gpu
                                   else CPU_DEFAULT_MODELS)
-    batches = args.batch_size or ([128] if gpu else [8])
-    precisions = args.precision or (['bf16'] if gpu else ['fp32'])
-    names = expand_models(models_, twins=not args.no_twins, naive=not args.no_naive)
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    t_start = time.perf_counter()
-    info = machine_info(device)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    return models_, args.batch_size or ([128] if gpu else [8]), args.precision or (['bf16'] if gpu else ['fp32'])
 
+
+def _build_group(names: List[str], cfg: 'Config', batch: int, args, device: torch.device, log):
+    """One runner per model for this configuration, each built and warmed up; models that cannot run it
+    are skipped with a line saying why."""
+    runners: Dict[int, Runner] = {}
+    group: List[Row] = []
+    for name in names:
+        row = Row(name, cfg, batch, args.img_size or 0)
+        try:
+            runner = Runner(name, cfg, batch, args.img_size, device, args.optimizer,
+                            compile_backend=args.compile_backend)
+        except NotImplementedError as e:
+            log(f'skip {name} ({cfg}): {e}')
+            continue
+        row.img = runner.size[-1]
+        row.flops = runner.count_flops()
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            runner.step()
+        sync(device)
+        log(f'{name} {cfg} batch {batch}: built + {args.warmup} warmup step(s) in {time.perf_counter() - t0:.1f}s')
+        runners[id(row)] = runner
+        group.append(row)
+    return group, runners
+
+
+def _time_group(group: List[Row], runners: Dict[int, Runner], args, device: torch.device, log) -> None:
+    """Interleaved rounds over the group (so drifts of the machine hit every row alike); on a GPU also each
+    row's peak memory."""
+    gpu = device.type == 'cuda'
+    for rnd in range(args.rounds):
+        for row in group:
+            runner = runners[id(row)]
+            if gpu:
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
+            row.times.append(run_timed(runner, args.steps, args.check_syncs, args.clock))
+            if gpu:
+                extra = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+                row.mem_mib = max(row.mem_mib or 0, extra + runner.static_bytes() / 2**20)
+        log(f'round {rnd + 1}/{args.rounds}: ' + ', '.join(f'{r.model} {r.times[-1] * 1e3:.0f}ms' for r in group))
+
+
+def _run_grid(args, names: List[str], batches: List[int], precisions: List[str], device: torch.device, log):
+    """Every (mode, precision, compile, checkpointing, batch) configuration: rows and eager phase profiles."""
     rows: List[Row] = []
     profiles: Dict[str, Dict[str, float]] = {}
     for mode, prec, comp, ckpt, batch in itertools.product(args.mode, precisions, args.compile, args.grad_ckpt,
@@ -517,53 +545,27 @@ def main(argv=None) -> str:
         if mode == 'infer' and ckpt == 'on':
             continue
         cfg = Config(mode, prec, comp, ckpt == 'on')
-        runners: Dict[int, Runner] = {}
-        group: List[Row] = []
-        for name in names:
-            row = Row(name, cfg, batch, args.img_size or 0)
-            try:
-                runner = Runner(name, cfg, batch, args.img_size, device, args.optimizer,
-                                compile_backend=args.compile_backend)
-            except NotImplementedError as e:
-                log(f'skip {name} ({cfg}): {e}')
-                continue
-            row.img = runner.size[-1]
-            row.flops = runner.count_flops()
-            t0 = time.perf_counter()
-            for _ in range(args.warmup):
-                runner.step()
-            sync(device)
-            log(f'{name} {cfg} batch {batch}: built + {args.warmup} warmup step(s) in {time.perf_counter() - t0:.1f}s')
-            runners[id(row)] = runner
-            group.append(row)
-        for rnd in range(args.rounds):
-            for row in group:
-                runner = runners[id(row)]
-                if gpu:
-                    torch.cuda.reset_peak_memory_stats(device)
-                    before = torch.cuda.memory_allocated(device)
-                row.times.append(run_timed(runner, args.steps, args.check_syncs, args.clock))
-                if gpu:
-                    extra = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-                    mem = extra + runner.static_bytes() / 2**20
-                    row.mem_mib = max(row.mem_mib or 0, mem)
-            log(f'round {rnd + 1}/{args.rounds}: ' + ', '.join(f'{r.model} {r.times[-1] * 1e3:.0f}ms' for r in group))
+        group, runners = _build_group(names, cfg, batch, args, device, log)
+        _time_group(group, runners, args, device, log)
         if args.profile and mode == 'train':
             for row in group:
                 key = f'{row.model} ({prec}, batch {batch}, img {row.img})'
                 if comp == 'off' and not cfg.grad_ckpt and key not in profiles:
                     profiles[key] = profile_phases(runners[id(row)], max(args.steps, 3))
-        for row in group:
-            runners.pop(id(row))
         rows.extend(group)
-        if gpu:
+        runners.clear()
+        if device.type == 'cuda':
             torch.cuda.empty_cache()
-
     if device.type == 'cpu' and not args.no_cpu_memory:
         for row in rows:
             row.mem_mib = cpu_peak_mib(row, args.optimizer, compile_backend=args.compile_backend)
             log(f'memory {row.model} {row.config}: {_fmt(row.mem_mib, ".0f")} MiB')
+    return rows, profiles
 
+
+def _report(args, argv, rows: List[Row], profiles, info, precisions: List[str], device: torch.device,
+            t_start: float) -> str:
+    """The markdown report: the table, the targets' ratios within this run, the phase profiles."""
     peak = lambda prec: peak_tflops(device, prec, args.tf32, args.peak_tflops)  # noqa: E731
     peaks = ', '.join(f'{p}: {_fmt(peak(p), "g")}' for p in precisions)
     parts = [
@@ -587,7 +589,30 @@ def main(argv=None) -> str:
             parts.append('')
     parts.append(f'_Total wall time {time.perf_counter() - t_start:.0f}s. Command: '
                  f'`python benchmarks/throughput.py {" ".join(sys.argv[1:] if argv is None else argv)}`_')
-    text = '\n'.join(parts)
+    return '\n'.join(parts)
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args._probe:
+        _probe(json.loads(args._probe))
+        return ''
+    global _now
+    _now = _CLOCKS[args.clock]
+    device = torch.device(args.device)
+    if device.type == 'cuda' and args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    models_, batches, precisions = _settle_defaults(args, device.type == 'cuda')
+    names = expand_models(models_, twins=not args.no_twins, naive=not args.no_naive)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    t_start = time.perf_counter()
+    info = machine_info(device)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    rows, profiles = _run_grid(args, names, batches, precisions, device, log)
+    text = _report(args, argv, rows, profiles, info, precisions, device, t_start)
     print(text)
     if args.out:
         Path(args.out).write_text(text + '\n')

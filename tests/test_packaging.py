@@ -63,6 +63,19 @@ def test_no_code_outside_tests_edits_sys_path():
     assert not found, f'sys.path edited at {found}: import the installed project instead'
 
 
+#: the longest a function of the project may be (tests aside): what reads on one screen
+MAX_FUNCTION_LINES = 60
+
+
+def test_every_function_fits_on_a_screen():
+    long = [f'{rel}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)'
+            for rel in _project_py_files() if 'configs' not in rel.parts
+            for node in ast.walk(ast.parse((ROOT / rel).read_text(), str(rel)))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f'split these into named steps: {long}'
+
+
 #: the folders whose scripts the docs run as files (``python segmentation/train.py``); the others run as modules
 SCRIPT_FOLDERS = ('segmentation', 'demo', 'benchmarks')
 
