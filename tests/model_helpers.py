@@ -19,3 +19,16 @@ def amplify_feedback(model: torch.nn.Module, scale: float = 8.0) -> torch.nn.Mod
             if n.startswith(('decoders', 'up_projs')):
                 p.mul_(scale)
     return model
+
+
+def fx_traced(model: torch.nn.Module):
+    """The model traced as timm's suite and feature extraction trace it (timm's leaf modules and functions);
+    returns a callable giving the traced graph's output."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+    kw = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+              param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=kw)
+    graph = create_feature_extractor(model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]],
+                                     tracer_kwargs=kw)
+    return lambda *args, **kwargs: next(iter(graph(*args, **kwargs).values()))

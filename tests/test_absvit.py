@@ -228,12 +228,17 @@ def test_inspect_maps_and_weights():
 # ------------------------------------------------------------------------------------------------
 # The paper's comparison models
 
+def _pass1_and_prompt_mask(model, x):
+    """Pass 1's tokens and the prompt's token mask, clamp(cos(prompt, token), 0, 1), computed by hand."""
+    z = model.bottom_up(x)
+    return z, F.cosine_similarity(z, model.prompt.expand_as(z), dim=-1).clamp(0, 1)
+
+
 def test_perceiver_is_reweighted_pass1_through_head():
     model = micro('avg', td_mode='perceiver').eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        z = model.bottom_up(x)
-        cos = F.cosine_similarity(z, model.prompt.expand_as(z), dim=-1).clamp(0, 1)
+        z, cos = _pass1_and_prompt_mask(model, x)
         expected = model.forward_head(z * cos.unsqueeze(-1) * 2.0)
         assert torch.allclose(model(x, alpha=2.0), expected, atol=1e-5)
 
@@ -242,8 +247,7 @@ def test_maskatt_multiplies_values_by_token_mask():
     model = micro('token', td_mode='maskatt').eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        z = model.bottom_up(x)
-        mask = F.cosine_similarity(z, model.prompt.expand_as(z), dim=-1).clamp(0, 1)
+        z, mask = _pass1_and_prompt_mask(model, x)
         model.prompt.data = -model.prompt.data  # the other half of the tokens: a different mask
         flipped = model(x)
         model.prompt.data = -model.prompt.data

@@ -26,7 +26,7 @@ from timm.models import PretrainedCfg
 
 import models
 from benchmarks import common
-from model_helpers import amplify_feedback, close
+from model_helpers import amplify_feedback, close, fx_traced
 from models.backbone import recorded_cfgs
 from models.topdown import TopDownAttentionMixin, TopDownMixin
 
@@ -155,17 +155,6 @@ def test_mode_table_is_what_the_model_builds_scripts_and_traces(name, mode):
         if name not in NOT_SCRIPTABLE:
             script_steer = {k: torch.tensor(v) if k == 'classes' else v for k, v in steer_args(mode).items()}
             assert close(torch.jit.script(model)(x, **script_steer), logits)
-
-
-def fx_traced(model):
-    """The model traced as timm's feature extraction traces it (timm's leaf modules and functions)."""
-    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
-    kw = dict(leaf_modules=timm.models.get_notrace_modules(), autowrap_functions=timm.models.get_notrace_functions(),
-              param_shapes_constant=True)
-    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=kw)
-    graph = create_feature_extractor(model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]],
-                                     tracer_kwargs=kw)
-    return lambda *args, **kwargs: next(iter(graph(*args, **kwargs).values()))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,14 +10,13 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models import get_notrace_functions, get_notrace_modules
 from timm.models.vision_transformer import VisionTransformer
 
 from benchmarks.naive_absvit import naive_like
 from models import TD_MODES, TOP_DOWN_MODES, AbSViT
 from models.dat import DAT, AbSDAT, RELEASE_ONLY_KEYS, dat_kwargs_from_release
 from models.topdown import fold_value_signal
-from model_helpers import amplify_feedback, close
+from model_helpers import amplify_feedback, close, fx_traced
 
 pytestmark = [pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning'),
               pytest.mark.usefixtures('one_thread')]
@@ -233,17 +232,6 @@ def test_absvit_scripts_with_steering_and_equals_eager(mode):
     with torch.no_grad():
         for kw in steer:
             assert close(scripted(x, **kw), model(x, **kw)), kw
-
-
-def fx_traced(model):
-    """The model traced as timm's suite and feature extraction trace it (timm's leaf modules/functions)."""
-    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
-    kw = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
-              param_shapes_constant=True)
-    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=kw)
-    graph = create_feature_extractor(model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]],
-                                     tracer_kwargs=kw)
-    return lambda *args, **kwargs: next(iter(graph(*args, **kwargs).values()))
 
 
 @pytest.mark.parametrize('mode', TD_MODES)

@@ -36,10 +36,17 @@ def _mask_terms(model: VLModel, out) -> Dict[str, torch.Tensor]:
     return {'mask_positive': (m > 0).float().mean(), 'mask_mean': m.mean()}
 
 
-class VQALoss(nn.Module):
+class _TaskLoss(nn.Module):
+    """A task's training loss over the model (which it holds, so that DDP wraps one module): the task's own
+    objective plus the variational and prior terms weighted as given."""
+
     def __init__(self, model: VLModel, var_weight: float, prior_weight: float):
         super().__init__()
         self.model, self.var_weight, self.prior_weight = model, var_weight, prior_weight
+
+
+class VQALoss(_TaskLoss):
+    """Binary cross-entropy over the answer vocabulary's soft scores."""
 
     def forward(self, batch):
         m = self.model
@@ -49,12 +56,8 @@ class VQALoss(nn.Module):
         return loss, {**terms, **_mask_terms(m, out)}
 
 
-class FlickrLoss(nn.Module):
+class FlickrLoss(_TaskLoss):
     """Ranking loss over (1 + negatives) captions per image plus ITM with half negatives."""
-
-    def __init__(self, model: VLModel, var_weight: float, prior_weight: float):
-        super().__init__()
-        self.model, self.var_weight, self.prior_weight = model, var_weight, prior_weight
 
     def forward(self, batch):
         m = self.model

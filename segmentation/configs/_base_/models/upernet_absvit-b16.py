@@ -14,17 +14,10 @@ model = dict(
     type='EncoderDecoder',
     data_preprocessor=data_preprocessor,
     backbone=dict(
-        type='AbSViTBackbone',
-        top_down=True,
-        img_size=512,
-        patch_size=16,
-        embed_dim=768,
-        depth=12,
-        num_heads=12,
-        mlp_ratio=4,
-        qkv_bias=True,
-        drop_path_rate=0.1,
-        out_indices=(2, 5, 8, 11),
+        type='AbSViTBackbone', top_down=True,
+        # ViT-B/16 at 512, the release's drop path and the blocks whose maps UperNet reads
+        img_size=512, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4, qkv_bias=True,
+        drop_path_rate=0.1, out_indices=(2, 5, 8, 11),
         # the classification checkpoint to start from: --backbone-checkpoint PATH of train.py, or
         # --cfg-options model.backbone.init_cfg.checkpoint=PATH
         init_cfg=dict(type='Pretrained', checkpoint=None)),
