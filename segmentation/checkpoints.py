@@ -23,7 +23,8 @@ from mmengine.runner import CheckpointLoader
 
 from models.checkpoint import CheckpointError, load_checkpoint_file
 
-__all__ = ['use_checkpoint_loaders', 'WeightsOnlyStateHook', 'to_plain', 'from_plain', 'TRUSTED_HINT']
+__all__ = ['use_checkpoint_loaders', 'WeightsOnlyStateHook', 'RequireAllWeights', 'to_plain', 'from_plain',
+           'TRUSTED_HINT']
 
 #: how a HistoryBuffer is stored: a dict with this single key
 _BUFFER_TAG = '__mmengine_history_buffer__'
@@ -125,3 +126,23 @@ class WeightsOnlyStateHook(Hook):
         for key in self.entries:
             if key in checkpoint:
                 checkpoint[key] = from_plain(checkpoint[key])
+
+
+class RequireAllWeights(Hook):
+    """Evaluation only: refuse a checkpoint that leaves part of the segmentor as initialised. mmengine loads
+    non-strictly, so a classification checkpoint given to test.py would load nothing and score a random
+    model; this says so instead."""
+
+    priority = 'VERY_LOW'
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        weights = checkpoint.get('state_dict', checkpoint)
+        have = {k[len('module.'):] if k.startswith('module.') else k for k in weights}
+        model = getattr(runner.model, 'module', runner.model)
+        missing = [k for k in model.state_dict() if k not in have]
+        if missing:
+            raise CheckpointError(
+                f'the checkpoint lacks {len(missing)} of the segmentor\'s {len(model.state_dict())} tensors ('
+                + ', '.join(missing[:4]) + (' ...' if len(missing) > 4 else '') + '): it is not a checkpoint of '
+                'this config\'s segmentor. A classification checkpoint starts training instead '
+                '(train.py --backbone-checkpoint); test.py takes a checkpoint that train.py wrote for this config.')

@@ -46,7 +46,10 @@ def main(argv=None):
     cfg = testing_config(args)
     check_config_data(cfg, splits=('test_dataloader',))
     prepare_cpu_distributed(cfg)
-    build_runner(cfg, trusted=args.trusted).test()
+    from segmentation.checkpoints import RequireAllWeights
+    runner = build_runner(cfg, trusted=args.trusted)
+    runner.register_hook(RequireAllWeights())
+    runner.test()
 
 
 if __name__ == '__main__':

@@ -116,6 +116,20 @@ def test_wrong_dataset_layout_is_one_clear_error(tmp_path):
     assert 'ADEChallengeData2016/{images,annotations}' in r.stderr
 
 
+def test_a_classification_checkpoint_given_to_test_py_is_refused_not_scored(tmp_path):
+    """mmengine loads non-strictly: without the check a classification checkpoint would load nothing and
+    test.py would score a random segmentor, exit 0."""
+    import timm
+    import models  # noqa: F401  (registers the zoo)
+    data = write_ade20k(str(tmp_path / 'ade'), n_train=2, n_val=1)
+    ckpt = tmp_path / 'classification.pth'
+    torch.save({'model': timm.create_model('absvit_micro_patch4_28_gap').state_dict()}, ckpt)
+    r = run_tool('test.py', TINY / 'upernet_absvit-tiny_ade20k.py', ckpt, '--work-dir', tmp_path / 'w',
+                 '--data-root', data)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and 'Iter(test)' not in r.stdout + r.stderr
+    assert 'lacks 145 of the segmentor' in r.stderr and '--backbone-checkpoint' in r.stderr
+
+
 def test_label_map_with_out_of_range_ids_is_one_clear_error(tmp_path):
     data = write_cityscapes(str(tmp_path / 'city'), n_train=2, n_val=1)
     bad = sorted((tmp_path / 'city' / 'gtFine' / 'train').rglob('*_labelTrainIds.png'))[0]
