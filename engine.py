@@ -28,8 +28,7 @@ def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
-unwrap_model = misc.unwrap_model
-_unwrap = unwrap_model  # the name the evaluation code uses
+unwrap_model = misc.unwrap_model  # re-exported: the engine's callers unwrap as it does
 
 
 class TrainStep:
@@ -278,7 +277,7 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp_
       the total number of samples evaluated.
     """
     evaluator = evaluator or evaluation.ClassificationEvaluator()
-    net = _unwrap(model)  # no DDP forward: shards may differ in length and must not meet in collectives
+    net = unwrap_model(model)  # no DDP forward: shards may differ in length and must not meet in collectives
     was_training = net.training
     net.eval()
     if class_mask is not None:

@@ -949,9 +949,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _measure_models(args, test_x, test_y, out: Path) -> Dict[str, dict]:
+def _measure_models(args, composites, test_x, test_y, out: Path) -> Dict[str, dict]:
     """Train (``--train``) or load (``--checkpoints``) each mode's model and measure it on the composites."""
-    x, yl, yr, _ = args.composites
+    x, yl, yr, _ = composites
     if args.train:
         train_x, train_y = load_split(True, args.data_path, args.train_limit)
         todo = {n: (m, None) for n, m in MODES.items() if m in args.modes}
@@ -984,9 +984,9 @@ def _measure_models(args, test_x, test_y, out: Path) -> Dict[str, dict]:
     return results
 
 
-def _write_results(args, results: Dict[str, dict], out: Path) -> None:
+def _write_results(args, composites, results: Dict[str, dict], out: Path) -> None:
     """results.json, table.md and the figure of a two-item measurement, and the tables on stdout."""
-    x, _, _, (il, ir) = args.composites
+    x, _, _, (il, ir) = composites
     table = markdown_table(results)
     depth = next(iter(results.values()))['depth'] if results else args.depth
     meta = {'model': MODEL, 'canvas': list(CANVAS), 'n_composites': args.n_composites, 'seed': args.seed,
@@ -1013,8 +1013,8 @@ def _run_command_line(argv: Optional[Sequence[str]] = None) -> None:
         return
     args.n_composites = args.n_composites or 1000
     args.example_alpha = 10.0 if args.example_alpha is None else args.example_alpha
-    args.composites = make_composites(test_x, test_y, args.n_composites, args.seed)
-    _write_results(args, _measure_models(args, test_x, test_y, out), out)
+    composites = make_composites(test_x, test_y, args.n_composites, args.seed)
+    _write_results(args, composites, _measure_models(args, composites, test_x, test_y, out), out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

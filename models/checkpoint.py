@@ -43,15 +43,16 @@ class CheckpointError(UserFacingError):
     """A checkpoint that cannot be used for the model at hand; the message says why and what to do."""
 
 
-def load_checkpoint_file(path: str) -> dict:
-    """Read a checkpoint file safely (CPU tensors); unreadable or unsafe files raise ``CheckpointError``."""
+def load_checkpoint_file(path: str, map_location='cpu') -> dict:
+    """Read a checkpoint file safely (tensors where ``map_location`` says, as for ``torch.load``; CPU by
+    default); unreadable or unsafe files raise ``CheckpointError``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
     # Re-asserted at every load: torch's safe_globals() context manager (which timm uses) removes the
     # classes it names on exit, even when they were allow-listed before.
     torch.serialization.add_safe_globals(SAFE_GLOBALS)
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure becomes one message of ours
         raise CheckpointError(_unreadable_message(path, e)) from None
 

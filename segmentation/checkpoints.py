@@ -41,23 +41,9 @@ def load_from_safe_local(filename: str, map_location=None) -> dict:
     if not osp.isfile(path):
         raise CheckpointError(f'checkpoint not found: {filename}')
     try:
-        checkpoint = load_checkpoint_file(path)
+        return load_checkpoint_file(path, map_location=map_location)
     except CheckpointError as e:
         raise CheckpointError(f'{e} {TRUSTED_HINT}') from None
-    return checkpoint if map_location in (None, 'cpu') else _to_device(checkpoint, map_location)
-
-
-def _to_device(obj: Any, map_location) -> Any:
-    """Tensors of a loaded checkpoint moved where mmengine asked (a device or torch.load's callable)."""
-    if callable(map_location):
-        return obj  # a storage-remapping callable: CPU tensors are what every such callable accepts
-    if isinstance(obj, torch.Tensor):
-        return obj.to(map_location)
-    if isinstance(obj, dict):
-        return type(obj)((k, _to_device(v, map_location)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, map_location) for v in obj)
-    return obj
 
 
 def load_from_remote_refused(filename: str, map_location=None) -> dict:

@@ -151,3 +151,15 @@ def test_trusted_reads_an_mmengine_checkpoint_the_safe_reader_refuses(tmp_path):
     use_checkpoint_loaders(trusted=False)
     with pytest.raises(CheckpointError, match='remote checkpoints'):
         CheckpointLoader.load_checkpoint('https://example.invalid/weights.pth')
+
+
+def test_the_safe_loader_puts_tensors_where_mmengine_asks(tmp_path):
+    """mmengine resumes with map_location set to the run's device: the weights-only reader honours it."""
+    pytest.importorskip('mmengine')
+    from mmengine.runner import CheckpointLoader
+    from segmentation.checkpoints import use_checkpoint_loaders
+    path = tmp_path / 'weights.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}}, path)
+    use_checkpoint_loaders(trusted=False)
+    assert CheckpointLoader.load_checkpoint(str(path), map_location='meta')['state_dict']['w'].is_meta
+    assert CheckpointLoader.load_checkpoint(str(path), map_location='cpu')['state_dict']['w'].device.type == 'cpu'

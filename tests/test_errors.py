@@ -1,5 +1,6 @@
 """One base class for the errors the user can act on: every package's error derives from it, and
-main.py's command line catches only the base (one message, exit status 1, no traceback)."""
+every entry point runs through ``errors.run_cli``, which catches only the base (one message on stderr,
+exit status 2, no traceback)."""
 import subprocess
 import sys
 
@@ -44,6 +45,21 @@ def test_cli_does_not_hide_programming_errors(monkeypatch):
     monkeypatch.setattr(main, 'run', bug)
     with pytest.raises(ZeroDivisionError):
         main.cli(['--output_dir', ''])
+
+
+def test_run_cli_reports_the_worker_s_message_tags_the_rank_and_always_cleans_up(monkeypatch, capsys):
+    cleaned = []
+
+    def worker_error(argv):  # what a DataLoader worker's re-raised error looks like
+        raise errors.UserError('Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most '
+                               'recent call last):\n  File "x.py", line 1\nerrors.UserError: cannot read image a.jpg')
+
+    monkeypatch.setenv('RANK', '3')
+    assert errors.run_cli(worker_error, [], cleanup=lambda: cleaned.append(1)) == errors.USER_ERROR_EXIT == 2
+    assert capsys.readouterr().err == 'error (rank 3): cannot read image a.jpg\n'
+    monkeypatch.delenv('RANK')
+    assert errors.run_cli(lambda argv: 5, [], cleanup=lambda: cleaned.append(2)) == 5  # an entry's own status
+    assert errors.run_cli(lambda argv: None, []) == 0 and cleaned == [1, 2]
 
 
 def test_errors_module_and_packages_do_not_import_main():
